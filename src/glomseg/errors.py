@@ -1,0 +1,89 @@
+"""The exceptions glomseg raises.
+
+Every error derives from :class:`GlomsegError`, and each subclass also derives
+from the builtin exception a caller would naturally catch, so ``except OSError``
+around a slide read or ``except ValueError`` around a bad window both work.
+
+Examples
+--------
+>>> from glomseg.errors import GlomsegError, WindowError
+>>> issubclass(WindowError, ValueError) and issubclass(WindowError, GlomsegError)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from difflib import get_close_matches
+
+__all__ = [
+    "AnnotationError",
+    "DatasetError",
+    "GlomsegError",
+    "SlideReadError",
+    "WindowError",
+    "look_up_option",
+]
+
+
+class GlomsegError(Exception):
+    """Root of every error raised by glomseg."""
+
+
+class SlideReadError(GlomsegError, OSError):
+    """A slide cannot be opened or read: missing, not an image, truncated, corrupt or unsupported."""
+
+
+class AnnotationError(GlomsegError, ValueError):
+    """An annotation file or geometry is malformed."""
+
+
+class WindowError(GlomsegError, ValueError):
+    """A window is invalid, or lies outside the array or slide it is applied to."""
+
+
+class DatasetError(GlomsegError, ValueError):
+    """A tile dataset on disk is inconsistent with what is being written or read."""
+
+
+def look_up_option(name: str, value: object, options: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``options``, else raise with a "did you mean" hint.
+
+    Parameters
+    ----------
+    name : str
+        The parameter name, used in the error message.
+    value : object
+        The value given by the caller.
+    options : iterable of str
+        The accepted values.
+
+    Returns
+    -------
+    str
+        ``value``, unchanged.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not one of ``options``.
+
+    Examples
+    --------
+    >>> look_up_option("edge", "shift", ["drop", "shift", "pad"])
+    'shift'
+    >>> look_up_option("edge", "shfit", ["drop", "shift", "pad"])
+    Traceback (most recent call last):
+    ...
+    ValueError: edge must be one of 'drop', 'pad', 'shift', got 'shfit'; did you mean 'shift'?
+    """
+    choices = sorted(options)
+    if isinstance(value, str) and value in choices:
+        return value
+    listed = ", ".join(repr(c) for c in choices)
+    message = f"{name} must be one of {listed}, got {value!r}"
+    if isinstance(value, str):
+        close = get_close_matches(value, choices, n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    raise ValueError(message)
