@@ -31,7 +31,7 @@ class GlomsegError(Exception):
 
 
 class SlideReadError(GlomsegError, OSError):
-    """A slide cannot be opened or read: missing, not an image, truncated, corrupt or unsupported."""
+    """A slide cannot be opened or read: missing, not an image, truncated, corrupt, unsupported."""
 
 
 class AnnotationError(GlomsegError, ValueError):

@@ -1,0 +1,451 @@
+from __future__ import annotations
+
+import itertools
+import pickle
+import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from skimage.transform import downscale_local_mean
+
+from glomseg import SlideReader, SlideReadError, Window, WindowError
+from glomseg.synthetic import render, write_synthetic_slide
+
+SHAPE = (150, 190)
+LAYOUTS = ["interleaved", "planar", "pages", "series", "ome"]
+CASES = [
+    (layout, tile, compression)
+    for layout, tile, compression in itertools.product(
+        LAYOUTS, [32, None], ["none", "lzw", "deflate", "jpeg"]
+    )
+    if not (compression == "jpeg" and tile is None)
+]
+
+
+class _Slides(dict):
+    def __repr__(self) -> str:  # keep hypothesis' failure reports short
+        return f"<{len(self)} synthetic slides>"
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Every layout x segment kind x codec, with its expected RGB pixels."""
+    folder = tmp_path_factory.mktemp("slides")
+    made = _Slides()
+    for layout, tile, compression in CASES:
+        path = folder / f"{layout}-{tile}-{compression}.tif"
+        slide = write_synthetic_slide(
+            path, SHAPE, layout=layout, tile=tile, rows_per_strip=7, compression=compression, seed=5
+        )
+        if compression == "jpeg":  # lossy: the truth is what the codec decodes
+            expected = _decode_with_tifffile(path)
+        else:
+            expected = render(Window(0, 0, *SHAPE), SHAPE, slide.glomeruli, seed=5)
+        made[(layout, tile, compression)] = (path, expected)
+    return made
+
+
+def _decode_with_tifffile(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        if len(tif.series) == 3:
+            return np.stack([s.asarray() for s in tif.series], axis=-1)
+        data = tif.series[0].asarray().squeeze()
+    return data if data.shape[-1] == 3 else np.moveaxis(data, 0, -1)
+
+
+window_strategy = st.builds(
+    Window,
+    st.integers(-20, SHAPE[0] - 1),
+    st.integers(-20, SHAPE[1] - 1),
+    st.integers(1, 90),
+    st.integers(1, 90),
+)
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+@settings(max_examples=15)
+@given(window=window_strategy)
+def test_read_equals_the_same_slice_of_the_source(slides, case, window):
+    path, expected = slides[case]
+    inside = window.clip(SHAPE)
+    with SlideReader(path, cache_bytes=2**20 if window.row % 2 else 0) as reader:
+        assert reader.shape == SHAPE
+        if inside is None:
+            with pytest.raises(WindowError, match="lies outside the slide"):
+                reader.read(window)
+            return
+        got = reader.read(window, fill=7)
+    assert got.shape == (*window.shape, 3)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(
+        got[inside.relative_to(window).to_slices()], expected[inside.to_slices()]
+    )
+    outside = np.ones(window.shape, dtype=bool)
+    outside[inside.relative_to(window).to_slices()] = False
+    assert (got[outside] == 7).all()
+
+
+def test_whole_read_and_layout_description(slides):
+    path, expected = slides[("planar", None, "lzw")]
+    with SlideReader(path) as reader:
+        np.testing.assert_array_equal(reader.read(), expected)
+        assert reader.layout == "striped 7x190, LZW, 3 x uint8 planar"
+        assert reader.channels == 3
+        assert reader.dtype == np.uint8
+
+
+def test_layout_names_the_arrangement(slides):
+    expected = {
+        "interleaved": "interleaved",
+        "planar": "planar",
+        "pages": "3 pages",
+        "ome": "3 pages",
+        "series": "one series per channel",
+    }
+    for layout, word in expected.items():
+        with SlideReader(slides[(layout, 32, "none")][0]) as reader:
+            assert word in reader.layout
+            assert reader.layout.startswith("tiled 32x32")
+
+
+def test_cache_is_bounded_and_reused(slides):
+    path, expected = slides[("interleaved", None, "deflate")]
+    with SlideReader(path, cache_bytes=5000) as reader:
+        for r in range(0, 121, 20):
+            np.testing.assert_array_equal(
+                reader.read(Window(r, 0, 30, 190)), expected[r : r + 30]
+            )
+            assert reader._cache.nbytes <= 5000
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pyr") / "pyramid.ome.tif"
+    slide = write_synthetic_slide(path, (512, 768), tile=64, levels=3, layout="ome", seed=2)
+    full = render(Window(0, 0, 512, 768), (512, 768), slide.glomeruli, seed=2)
+    return path, full
+
+
+def test_pyramid_levels_are_found(pyramid):
+    path, _ = pyramid
+    with SlideReader(path) as reader:
+        assert reader.level_count == 3
+        assert reader.level_shapes == ((512, 768), (256, 384), (128, 192))
+        assert reader.level_downsamples == (1.0, 2.0, 4.0)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_pyramid_downsampled_read_matches_reference_resize(pyramid, factor):
+    path, full = pyramid
+    window = Window(64, 128, 256, 320)
+    with SlideReader(path) as reader:
+        got = reader.read(window, downsample=factor)
+    reference = downscale_local_mean(full[window.to_slices()].astype(float), (factor, factor, 1))
+    assert got.shape == reference.shape
+    # aligned windows: the writer's levels are exact block means, so only rounding differs
+    assert np.abs(got - reference).max() <= 1.0
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5])
+def test_whole_factor_read_without_pyramid_is_exact_block_mean(slides, factor):
+    path, full = slides[("interleaved", 32, "lzw")]
+    window = Window(10, 20, 15 * factor, 20 * factor)
+    with SlideReader(path) as reader:
+        assert reader.level_count == 1
+        got = reader.read(window, downsample=factor)
+    reference = downscale_local_mean(full[window.to_slices()].astype(float), (factor, factor, 1))
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("out_shape", [(37, 51), (100, 19), (1, 1)])
+def test_fractional_resample_is_close_to_reference(pyramid, out_shape):
+    path, full = pyramid
+    window = Window(0, 0, 512, 768)
+    with SlideReader(path) as reader:
+        got = reader.read(window, out_shape=out_shape)
+    reference = _area_resize(full, out_shape)
+    assert got.shape == (*out_shape, 3)
+    # stated tolerance: mean absolute difference of at most 3 grey levels
+    assert np.abs(got - reference).mean() <= 3.0
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """Row i averages input span [i * n_in / n_out, (i + 1) * n_in / n_out)."""
+    edges = np.arange(n_out + 1) * n_in / n_out
+    pixel = np.arange(n_in)
+    lo = np.maximum(edges[:-1, None], pixel[None, :])
+    hi = np.minimum(edges[1:, None], pixel[None, :] + 1)
+    weights = np.clip(hi - lo, 0, None)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _area_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    rows = _area_weights(image.shape[0], shape[0])
+    cols = _area_weights(image.shape[1], shape[1])
+    return np.einsum("ij,jkc,lk->ilc", rows, image.astype(float), cols)
+
+
+def test_downsampled_read_stays_bounded_in_bands(slides, monkeypatch):
+    import glomseg._reader as reader_module
+
+    monkeypatch.setattr(reader_module, "_BAND_BYTES", 2000)
+    path, full = slides[("pages", None, "none")]
+    with SlideReader(path) as reader:
+        got = reader.read(Window(0, 0, 150, 190), downsample=2)
+    reference = downscale_local_mean(full[:150, :190].astype(float), (2, 2, 1))
+    assert got.shape == (75, 95, 3)
+    assert np.abs(got - reference).max() <= 0.5 + 1e-9
+
+
+def test_downsampled_read_of_window_partly_outside_pads(slides):
+    path, full = slides[("interleaved", 32, "none")]
+    with SlideReader(path) as reader:
+        got = reader.read(Window(-20, -20, 40, 40), downsample=2, fill=0)
+    assert got.shape == (20, 20, 3)
+    assert (got[:10, :10] == 0).all()
+    reference = downscale_local_mean(full[:20, :20].astype(float), (2, 2, 1))
+    assert np.abs(got[10:, 10:] - reference).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("channels", "dtype"), [(1, "uint8"), (4, "uint8"), (3, "uint16"), (1, "uint16")]
+)
+def test_grayscale_rgba_and_16_bit_are_converted(tmp_path, channels, dtype):
+    slide = write_synthetic_slide(
+        tmp_path / "s.tif", (64, 80), tile=16, channels=channels, dtype=dtype, seed=1
+    )
+    rgb = render(Window(0, 0, 64, 80), (64, 80), slide.glomeruli, seed=1)
+    with SlideReader(slide.path) as reader:
+        got = reader.read()
+        assert reader.channels == channels
+        assert reader.dtype == np.dtype(dtype)
+    if channels == 1:
+        gray = rgb.mean(axis=2).round().astype(np.uint8)
+        np.testing.assert_array_equal(got, np.repeat(gray[..., None], 3, axis=2))
+    else:  # RGBA with opaque alpha, or uint16 = uint8 * 257: both give back the RGB
+        np.testing.assert_array_equal(got, rgb)
+
+
+def test_alpha_is_composited_over_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 16:, 3] = 255  # right half opaque, left half transparent
+    rgba[:8, :16, 3] = 128
+    tifffile.imwrite(tmp_path / "a.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    with SlideReader(tmp_path / "a.tif") as reader:
+        got = reader.read()
+    assert (got[:, 16:] == (200, 0, 0)).all()
+    assert (got[8:, :16] == 255).all()
+    expected = round((200 * 128 + 255 * 127) / 255)
+    assert (got[:8, :16, 0] == expected).all()
+    assert (got[:8, :16, 1] == round(255 * 127 / 255)).all()
+
+
+def test_float_pixels_are_taken_as_unit_range(tmp_path):
+    data = np.linspace(-0.5, 1.5, 64 * 3, dtype=np.float32).reshape(8, 8, 3)
+    tifffile.imwrite(tmp_path / "f.tif", data, photometric="rgb")
+    with SlideReader(tmp_path / "f.tif") as reader:
+        got = reader.read()
+    np.testing.assert_array_equal(got, np.rint(np.clip(data, 0, 1) * 255).astype(np.uint8))
+
+
+def test_bigtiff(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "big.tif", (70, 90), tile=32, bigtiff=True)
+    with tifffile.TiffFile(slide.path) as tif:
+        assert tif.is_bigtiff
+    with SlideReader(slide.path) as reader:
+        np.testing.assert_array_equal(
+            reader.read(), render(Window(0, 0, 70, 90), (70, 90), slide.glomeruli)
+        )
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_plain_images_open_too(tmp_path, suffix):
+    rgb = render(Window(0, 0, 60, 70), (60, 70), ())
+    Image.fromarray(rgb).save(tmp_path / f"p{suffix}")
+    expected = np.asarray(Image.open(tmp_path / f"p{suffix}").convert("RGB"))
+    with SlideReader(tmp_path / f"p{suffix}") as reader:
+        assert reader.shape == (60, 70)
+        assert "plain image" in reader.layout
+        np.testing.assert_array_equal(reader.read(Window(5, 6, 10, 11)), expected[5:15, 6:17])
+        assert reader.read(downsample=2).shape == (30, 35, 3)
+
+
+def test_bundled_real_sample_matches_its_jpeg_source():
+    sample = Path(__file__).parents[1] / "examples" / "data" / "sample"
+    paths = sorted(sample.glob("*.tif"))
+    assert len(paths) == 20
+    for path in paths:
+        with SlideReader(path) as reader:
+            assert reader.shape == (1200, 1600)
+            window = reader.read(Window(600, 800, 100, 100))
+        # tifffile's own whole-file decode is the reference for every layout
+        np.testing.assert_array_equal(window, _decode_with_tifffile(path)[600:700, 800:900])
+
+
+# -- picklable, multi-process ---------------------------------------------------
+
+
+def _read_corner(reader: SlideReader) -> np.ndarray:
+    return reader.read(Window(0, 0, 16, 16))
+
+
+def test_reader_pickles_and_works_in_other_processes(slides):
+    path, expected = slides[("interleaved", 32, "lzw")]
+    with SlideReader(path, cache_bytes=1234) as reader:
+        with pickle.loads(pickle.dumps(reader)) as clone:
+            assert clone.path == reader.path
+            assert clone._cache_bytes == 1234
+            np.testing.assert_array_equal(clone.read(), expected)
+        with ProcessPoolExecutor(2) as pool:
+            results = list(pool.map(_read_corner, [reader, reader]))
+    for result in results:
+        np.testing.assert_array_equal(result, expected[:16, :16])
+
+
+# -- memory ---------------------------------------------------------------------
+
+
+def test_memory_is_bounded_by_the_window_not_the_slide(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "m.tif", (3000, 4000), tile=256, compression="lzw")
+    with SlideReader(slide.path, cache_bytes=0) as reader:
+        tracemalloc.start()
+        try:
+            window = reader.read(Window(1000, 1000, 300, 300))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert window.shape == (300, 300, 3)
+    slide_bytes = 3000 * 4000 * 3
+    assert peak < 4 * 2**20, f"peak {peak} bytes for a 270 kB window of a {slide_bytes} byte slide"
+
+
+def test_striped_slide_decodes_only_the_strips_a_window_touches(tmp_path, monkeypatch):
+    slide = write_synthetic_slide(tmp_path / "s.tif", (400, 300), tile=None, rows_per_strip=10)
+    decoded = []
+    with SlideReader(slide.path, cache_bytes=0, max_workers=1) as reader:
+        plane = reader._levels[0].planes[0]
+        original = plane.decode
+
+        def counting(data, index, **kwargs):
+            decoded.append(index)
+            return original(data, index, **kwargs)
+
+        monkeypatch.setattr(plane, "decode", counting)
+        reader.read(Window(95, 10, 30, 20))
+    assert sorted(decoded) == [9, 10, 11, 12]
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SlideReadError, match=r"nope\.tif: no such file"):
+        SlideReader(tmp_path / "nope.tif")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(SlideReadError, match="is a directory"):
+        SlideReader(tmp_path)
+
+
+def test_not_a_tiff(tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("these are not pixels")
+    with pytest.raises(SlideReadError, match=r"notes\.tif: not a readable TIFF"):
+        SlideReader(path)
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "fake.png"
+    path.write_bytes(b"\x00" * 100)
+    with pytest.raises(SlideReadError, match=r"fake\.png: not a readable image"):
+        SlideReader(path)
+
+
+def test_truncated_file(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "t.tif", (200, 200), tile=64, compression="lzw")
+    data = slide.path.read_bytes()
+    # keep the header and first IFD (written before the data) but cut the pixel data
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideReadError, match=r"cut\.tif"):
+        with SlideReader(cut) as reader:
+            reader.read()
+
+
+def test_truncated_before_first_ifd(tmp_path):
+    path = tmp_path / "stub.tif"
+    path.write_bytes(b"II*\x00\x08\x00\x00\x00\x10")
+    with pytest.raises(SlideReadError, match=r"stub\.tif"):
+        SlideReader(path)
+
+
+def test_corrupt_segment_data(tmp_path):
+    slide = write_synthetic_slide(tmp_path / "c.tif", (128, 128), tile=64, compression="deflate")
+    with tifffile.TiffFile(slide.path) as tif:
+        offset = tif.pages[0].dataoffsets[1]
+    data = bytearray(slide.path.read_bytes())
+    data[offset : offset + 40] = b"\xff" * 40
+    slide.path.write_bytes(bytes(data))
+    with SlideReader(slide.path) as reader:
+        reader.read(Window(0, 0, 64, 64))  # the intact tile still reads
+        with pytest.raises(SlideReadError, match=r"c\.tif: cannot decode segment 1"):
+            reader.read(Window(0, 64, 64, 64))
+
+
+def test_too_many_channels(tmp_path):
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((5, 16, 16), np.uint8), photometric="minisblack")
+    with pytest.raises(SlideReadError, match=r"z\.tif: unsupported layout: 5 channels"):
+        SlideReader(tmp_path / "z.tif")
+
+
+def test_unsupported_pixel_type(tmp_path):
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((16, 16), np.complex64))
+    with pytest.raises(SlideReadError, match=r"c\.tif: unsupported pixel type complex64"):
+        SlideReader(tmp_path / "c.tif")
+
+
+def test_window_errors(slides):
+    path, _ = slides[("interleaved", 32, "none")]
+    with SlideReader(path) as reader:
+        with pytest.raises(WindowError, match="outside the slide"):
+            reader.read(Window(150, 0, 5, 5))
+        with pytest.raises(WindowError, match="extends outside"):
+            reader.read(Window(145, 0, 10, 5), boundary="error")
+        with pytest.raises(ValueError, match="did you mean 'pad'"):
+            reader.read(Window(0, 0, 5, 5), boundary="pda")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="downsample must be > 0, got 0"):
+            reader.read(Window(0, 0, 5, 5), downsample=0)
+        with pytest.raises(WindowError, match="out_shape must be 2 positive"):
+            reader.read(Window(0, 0, 5, 5), out_shape=(0, 3))
+        with pytest.raises(ValueError, match="at most one"):
+            reader.read(Window(0, 0, 5, 5), out_shape=(2, 2), downsample=2)
+        with pytest.raises(ValueError, match="fill must be in 0..255"):
+            reader.read(Window(0, 0, 5, 5), fill=300)
+        with pytest.raises(TypeError, match="glomseg.Window"):
+            reader.read((0, 0, 5, 5))  # type: ignore[arg-type]
+
+
+def test_closed_reader(slides):
+    path, _ = slides[("interleaved", 32, "none")]
+    reader = SlideReader(path)
+    reader.close()
+    assert reader.closed
+    with pytest.raises(SlideReadError, match="closed"):
+        reader.read(Window(0, 0, 2, 2))
+
+
+def test_bad_options(slides):
+    path, _ = slides[("interleaved", 32, "none")]
+    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+        SlideReader(path, cache_bytes=-1)
+    with pytest.raises(ValueError, match="max_workers must be >= 1"):
+        SlideReader(path, max_workers=0)
