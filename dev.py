@@ -53,10 +53,23 @@ def quickstart(args: list[str]) -> None:
 def test(args: list[str]) -> None:
     ensure_env()
     run(PYTHON, "-m", "ruff", "check", "src", "tests", "examples", "benchmarks", "docs", "dev.py")
-    run(PYTHON, "-m", "ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "dev.py")
+    run(
+        PYTHON,
+        "-m",
+        "ruff",
+        "format",
+        "--check",
+        "src",
+        "tests",
+        "examples",
+        "benchmarks",
+        "dev.py",
+    )
     run(PYTHON, "-m", "mypy")
     run(PYTHON, "-m", "pytest", *args)
-    run(PYTHON, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html")
+    run(
+        PYTHON, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 COMMANDS = {"quickstart": quickstart, "test": test}

@@ -10,6 +10,7 @@ and writes a contact sheet ``overview.png`` a person can look at.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -31,14 +32,16 @@ def outline(image: np.ndarray, features: list[dict], scale: float) -> None:
             polygons = [polygons]
         for polygon in polygons:
             ring = np.rint(np.asarray(polygon[0], dtype=float) / scale).astype(int)
-            for (c0, r0), (c1, r1) in zip(ring[:-1], ring[1:], strict=True):
+            for (c0, r0), (c1, r1) in itertools.pairwise(ring):
                 rr, cc = line(r0, c0, r1, c1)
                 keep = (rr >= 0) & (rr < image.shape[0]) & (cc >= 0) & (cc < image.shape[1])
                 image[rr[keep], cc[keep]] = (0, 200, 0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--sample", type=Path, default=HERE / "data" / "sample")
     parser.add_argument("--out", type=Path, default=Path("out") / "quickstart")
     parser.add_argument("--downsample", type=float, default=4.0)
@@ -50,8 +53,10 @@ def main() -> None:
             image = slide.read(downsample=args.downsample)
             features = json.loads(path.with_suffix(".json").read_text())
             outline(image, features, args.downsample)
-            print(f"{path.name}: {slide.shape[0]}x{slide.shape[1]} px, {slide.layout}, "
-                  f"{len(features)} glomeruli")
+            print(
+                f"{path.name}: {slide.shape[0]}x{slide.shape[1]} px, {slide.layout}, "
+                f"{len(features)} glomeruli"
+            )
         thumbs.append(image)
     columns = 5
     h, w = thumbs[0].shape[:2]

@@ -57,7 +57,8 @@ def test_intersection_matches_pixel_sets(a, b):
         expected = np.zeros_like(both)
         expected[inter.translate(100, 100).to_slices()] = True
         assert (both == expected).all()
-        assert a.contains(inter) and b.contains(inter)
+        assert a.contains(inter)
+        assert b.contains(inter)
     assert a.intersection(b) == b.intersection(a)
 
 

@@ -27,7 +27,9 @@ LAYOUTS = {306: "planar", 323: "pages", 337: "interleaved", 338: "interleaved"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("tiles", type=Path, help="folder of van0013_train_<n>.jpg/.json")
     args = parser.parse_args()
     HERE.mkdir(parents=True, exist_ok=True)
@@ -40,10 +42,14 @@ def main() -> None:
             tifffile.imwrite(HERE / f"{name}.tif", rgb, photometric="rgb", **options)
         elif layout == "planar":
             planar = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-            tifffile.imwrite(HERE / f"{name}.tif", planar, photometric="rgb", planarconfig="separate", **options)
+            tifffile.imwrite(
+                HERE / f"{name}.tif", planar, photometric="rgb", planarconfig="separate", **options
+            )
         else:  # one page per colour
             planar = np.ascontiguousarray(rgb.transpose(2, 0, 1))
-            tifffile.imwrite(HERE / f"{name}.tif", planar, photometric="minisblack", metadata=None, **options)
+            tifffile.imwrite(
+                HERE / f"{name}.tif", planar, photometric="minisblack", metadata=None, **options
+            )
         shutil.copyfile(args.tiles / f"{name}.json", HERE / f"{name}.json")
         print(name, layout)
 

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import glomseg
+
+
+def test_import_does_not_load_tensorflow():
+    heavy = "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras'}"
+    code = (
+        f"import sys, glomseg; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_api_is_sorted_and_importable():
+    assert list(glomseg.__all__) == sorted(glomseg.__all__)
+    for name in glomseg.__all__:
+        assert hasattr(glomseg, name), name
+
+
+def test_errors_are_catchable_as_builtins():
+    assert issubclass(glomseg.SlideReadError, OSError)
+    assert issubclass(glomseg.AnnotationError, ValueError)
+    assert issubclass(glomseg.WindowError, ValueError)
+    for error in (
+        glomseg.SlideReadError,
+        glomseg.AnnotationError,
+        glomseg.WindowError,
+        glomseg.DatasetError,
+    ):
+        assert issubclass(error, glomseg.GlomsegError)
