@@ -52,24 +52,14 @@ def quickstart(args: list[str]) -> None:
 
 def test(args: list[str]) -> None:
     ensure_env()
-    run(PYTHON, "-m", "ruff", "check", "src", "tests", "examples", "benchmarks", "docs", "dev.py")
-    run(
-        PYTHON,
-        "-m",
-        "ruff",
-        "format",
-        "--check",
-        "src",
-        "tests",
-        "examples",
-        "benchmarks",
-        "dev.py",
-    )
+    paths = ("src", "tests", "examples", "benchmarks", "docs", "dev.py")
+    sources = [p for p in paths if (ROOT / p).exists()]
+    run(PYTHON, "-m", "ruff", "check", *sources)
+    run(PYTHON, "-m", "ruff", "format", "--check", *sources)
     run(PYTHON, "-m", "mypy")
     run(PYTHON, "-m", "pytest", *args)
-    run(
-        PYTHON, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"
-    )
+    html = ROOT / "docs" / "_build" / "html"
+    run(PYTHON, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", html)
 
 
 COMMANDS = {"quickstart": quickstart, "test": test}

@@ -446,3 +446,37 @@ def test_bad_options(slides):
         SlideReader(path, cache_bytes=-1)
     with pytest.raises(ValueError, match="max_workers must be >= 1"):
         SlideReader(path, max_workers=0)
+
+
+@settings(max_examples=25)
+@given(
+    window=st.builds(
+        Window, st.integers(0, 100), st.integers(0, 140), st.integers(8, 50), st.integers(8, 50)
+    ),
+    out_h=st.integers(1, 20),
+    out_w=st.integers(1, 20),
+)
+def test_resampled_read_is_the_exact_area_average(slides, window, out_h, out_w):
+    path, full = slides[("interleaved", 32, "deflate")]
+    with SlideReader(path) as reader:
+        got = reader.read(window, out_shape=(out_h, out_w))
+    reference = _area_resize(full[window.to_slices()], (out_h, out_w))
+    assert got.shape == (out_h, out_w, 3)
+    # float32 accumulation, then rounding to nearest: at most half a grey level off
+    assert np.abs(got - reference).max() <= 0.5 + 1e-3
+
+
+@settings(max_examples=15)
+@given(
+    window=st.builds(
+        Window, st.integers(0, 300), st.integers(0, 500), st.integers(64, 212), st.integers(64, 268)
+    ),
+    factor=st.floats(1.5, 9.0),
+)
+def test_pyramid_resampled_read_is_close_to_the_area_average(pyramid, window, factor):
+    path, full = pyramid
+    with SlideReader(path) as reader:
+        got = reader.read(window, downsample=factor)
+    reference = _area_resize(full[window.to_slices()], got.shape[:2])
+    # stated tolerance: mean absolute difference of at most 3 grey levels
+    assert np.abs(got - reference).mean() <= 3.0
