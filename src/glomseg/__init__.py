@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import logging
 
+from glomseg._annotations import (
+    DEFAULT_MIN_AREA,
+    GLOMERULUS_COLOR,
+    Annotation,
+    PolygonalGeometry,
+    annotations_outside,
+    as_polygonal,
+    parse_annotations,
+    read_annotations,
+    write_annotations,
+)
 from glomseg._filtering import (
     CoverageBand,
     Decision,
@@ -19,7 +30,16 @@ from glomseg._filtering import (
     TileStats,
     tile_stats,
 )
+from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
+from glomseg._rasterize import (
+    BOUNDARY_TOLERANCE,
+    DEFAULT_SPECK_AREA,
+    MaskRasterizer,
+    mask_to_annotations,
+    mask_to_polygons,
+)
 from glomseg._reader import SlideReader
+from glomseg._rle import read_submission, rle_decode, rle_encode, write_submission
 from glomseg._tiling import (
     EdgePolicy,
     Tile,
@@ -32,6 +52,7 @@ from glomseg._tiling import (
 from glomseg._window import Window
 from glomseg.errors import (
     AnnotationError,
+    AnnotationWarning,
     DatasetError,
     GlomsegError,
     SlideReadError,
@@ -43,15 +64,23 @@ __version__ = "0.1.0.dev0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "Annotation",
     "AnnotationError",
+    "AnnotationWarning",
+    "BOUNDARY_TOLERANCE",
     "CoverageBand",
+    "DEFAULT_MIN_AREA",
+    "DEFAULT_SPECK_AREA",
     "DatasetError",
     "Decision",
     "EdgePolicy",
+    "GLOMERULUS_COLOR",
     "GlomerulusOrSample",
     "GlomsegError",
+    "MaskRasterizer",
     "MinTissue",
     "NotBlank",
+    "PolygonalGeometry",
     "SlideReadError",
     "SlideReader",
     "Tile",
@@ -63,8 +92,22 @@ __all__ = [
     "Window",
     "WindowError",
     "__version__",
+    "annotations_outside",
+    "as_polygonal",
+    "dice_coefficient",
+    "mask_to_annotations",
+    "mask_to_polygons",
+    "mean_dice",
+    "parse_annotations",
     "parse_tile_name",
     "patchify_tiles",
+    "read_annotations",
+    "read_submission",
+    "rle_decode",
+    "rle_encode",
+    "soft_dice",
     "tile_name",
     "tile_stats",
+    "write_annotations",
+    "write_submission",
 ]

@@ -18,6 +18,7 @@ from difflib import get_close_matches
 
 __all__ = [
     "AnnotationError",
+    "AnnotationWarning",
     "DatasetError",
     "GlomsegError",
     "SlideReadError",
@@ -36,6 +37,10 @@ class SlideReadError(GlomsegError, OSError):
 
 class AnnotationError(GlomsegError, ValueError):
     """An annotation file or geometry is malformed."""
+
+
+class AnnotationWarning(UserWarning):
+    """An annotation was repaired, dropped, or lies (partly) outside its slide."""
 
 
 class WindowError(GlomsegError, ValueError):
