@@ -1,0 +1,564 @@
+"""Build a tile dataset from slides and their polygons: step 1 of the pipeline.
+
+For each slide: windows from a :class:`~glomseg.Tiler` -> image read and
+area-resampled by the :class:`~glomseg.SlideReader`, mask rasterized straight
+onto the output grid by the :class:`~glomseg.MaskRasterizer` -> statistics and a
+:class:`~glomseg.TileFilter` decision -> image and mask files plus a manifest.
+
+The dataset on disk::
+
+    out_dir/
+        dataset.json      what made it (tiler, filter, formats): a rerun must match
+        manifest.csv      one row per tile, kept or not, with the reason
+        images/<name>.png RGB uint8 (or .jpg)
+        masks/<name>.png  single channel uint8, 0 = background, 1 = glomerulus
+        .journal.csv      tiles finished so far, so an interrupted run can resume
+
+``<name>`` is :func:`~glomseg.tile_name` ``(slide_id, grid_row, grid_col)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from glomseg._annotations import annotations_outside, read_annotations
+from glomseg._filtering import TileFilter, tile_stats
+from glomseg._rasterize import MaskRasterizer
+from glomseg._reader import SlideReader
+from glomseg._tiling import Tile, Tiler, tile_name
+from glomseg.errors import DatasetError, look_up_option
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "ExportSummary",
+    "SlideSource",
+    "export_tiles",
+    "read_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageFormat = Literal["png", "jpg"]
+
+#: Columns of ``manifest.csv``: full-resolution window (``row``, ``col``,
+#: ``height``, ``width``), output size, statistics, decision and file paths
+#: relative to the dataset folder (empty for rejected tiles).
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "slide",
+    "grid_row",
+    "grid_col",
+    "row",
+    "col",
+    "height",
+    "width",
+    "out_height",
+    "out_width",
+    "downsample",
+    "coverage",
+    "tissue",
+    "kept",
+    "reason",
+    "image",
+    "mask",
+)
+_FORMAT = "glomseg-tiles"
+_FORMAT_VERSION = 1
+_JOURNAL = ".journal.csv"
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """A slide to tile: its id, its image file and its polygon JSON.
+
+    Parameters
+    ----------
+    slide_id : str
+        Names the slide's tiles; no whitespace or path separators.
+    slide : path
+        The slide image (any layout :class:`~glomseg.SlideReader` opens).
+    annotations : path, optional
+        HuBMAP/QuPath polygon JSON; ``None`` gives empty masks.
+
+    Examples
+    --------
+    >>> SlideSource.from_path("data/26dc41664.tiff", annotations=None).slide_id
+    '26dc41664'
+    """
+
+    slide_id: str
+    slide: Path
+    annotations: Path | None = None
+
+    def __post_init__(self) -> None:
+        tile_name(self.slide_id, 0, 0)  # validates the id
+        object.__setattr__(self, "slide", Path(self.slide))
+        if self.annotations is not None:
+            object.__setattr__(self, "annotations", Path(self.annotations))
+
+    @classmethod
+    def from_path(
+        cls,
+        slide: str | os.PathLike[str],
+        *,
+        annotations: str | os.PathLike[str] | Literal["auto"] | None = "auto",
+        slide_id: str | None = None,
+    ) -> SlideSource:
+        """A source named after the slide file's stem, with ``<stem>.json`` beside it.
+
+        ``annotations="auto"`` takes ``<slide>.json`` when it exists, else none.
+        """
+        path = Path(slide)
+        if annotations == "auto":
+            candidate = path.with_suffix(".json")
+            found: Path | None = candidate if candidate.exists() else None
+        else:
+            found = None if annotations is None else Path(annotations)
+        return cls(slide_id or path.name.split(".")[0], path, found)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_tiles` did.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The dataset folder.
+    manifest : Path
+        Its ``manifest.csv``.
+    tiles : int
+        Tiles in the manifest (kept or rejected), over all slides ever exported there.
+    kept : int
+        Of those, kept (with image and mask files).
+    reused : int
+        Tiles of this run found finished by an earlier run and not redone.
+    per_slide : dict
+        ``slide_id -> (tiles, kept)`` for the slides of this run.
+    """
+
+    out_dir: Path
+    manifest: Path
+    tiles: int
+    kept: int
+    reused: int
+    per_slide: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs; picklable."""
+
+    out_dir: Path
+    tiler: Tiler
+    tile_filter: TileFilter
+    image_format: str
+    classes: tuple[str, ...] | None
+
+
+def export_tiles(
+    sources: SlideSource | Iterable[SlideSource],
+    out_dir: str | os.PathLike[str],
+    *,
+    tiler: Tiler,
+    tile_filter: TileFilter | None = None,
+    image_format: ImageFormat = "png",
+    classes: Iterable[str] | None = None,
+    processes: int = 1,
+    progress: bool = True,
+    allow_outside: bool = False,
+) -> ExportSummary:
+    """Tile slides into image/mask pairs, filter them, and write a dataset folder.
+
+    Parameters
+    ----------
+    sources : SlideSource or iterable of SlideSource
+        The slides, each with its polygon JSON.
+    out_dir : path
+        The dataset folder (see the module docs for its layout). Created if
+        needed; if it already holds a dataset, that dataset must have been made
+        with the same settings, and the run resumes it.
+    tiler : Tiler
+        Tile grid, edge policy and downsample. The seed's recipe is
+        ``Tiler(400, 200, downsample=10)``: 4000-px windows every 2000 px,
+        saved at 400 x 400.
+    tile_filter : TileFilter, optional
+        Which tiles to keep; default :meth:`TileFilter.seed_recipe` (glomerulus
+        coverage 10-90 %).
+    image_format : {"png", "jpg"}
+        Image files; masks are always PNG.
+    classes : iterable of str, optional
+        Only polygons of these classification names make the mask (e.g.
+        ``["glomerulus"]``); default all.
+    processes : int
+        Worker processes; each opens its own readers. 1 runs in this process.
+    progress : bool
+        Show a progress bar.
+    allow_outside : bool
+        Accept polygon files with polygons outside their slide (clipped to it);
+        by default that is an error, as it usually means the JSON belongs to
+        another slide or the slide has the wrong size.
+
+    Returns
+    -------
+    ExportSummary
+
+    Raises
+    ------
+    SlideReadError
+        If a slide cannot be read (before anything is written).
+    AnnotationError
+        If a polygon file is malformed (before anything is written).
+    DatasetError
+        If ``out_dir`` holds another dataset or unrelated files, slide ids
+        repeat, or polygons lie outside their slide.
+
+    Notes
+    -----
+    Images are area-averaged to the output size by the reader; masks are
+    rasterized directly on the output grid with the pixel-centre rule, so they
+    hold only 0 and 1 (no interpolated values), and the coverage in the
+    manifest is measured on that grid. Every file is written to a temporary
+    name and renamed, and each finished tile is journaled at once: an
+    interrupted run leaves no partial file, and a rerun skips what is done and
+    completes the manifest. The result does not depend on ``processes``.
+
+    Examples
+    --------
+    >>> from glomseg import Tiler, TileFilter
+    >>> from glomseg.synthetic import write_synthetic_slide
+    >>> tmp = getfixture("tmp_path")
+    >>> slide = write_synthetic_slide(tmp / "s1.tif", (512, 512), tile=128, seed=1)
+    >>> summary = export_tiles(SlideSource.from_path(slide.path), tmp / "tiles",
+    ...                        tiler=Tiler(128, 64, downsample=2),
+    ...                        tile_filter=TileFilter(), progress=False)
+    >>> summary.tiles, summary.kept
+    (9, 9)
+    >>> sorted(p.name for p in (tmp / "tiles").iterdir() if not p.name.startswith("."))
+    ['dataset.json', 'images', 'manifest.csv', 'masks']
+    """
+    items = [sources] if isinstance(sources, SlideSource) else list(sources)
+    out = Path(out_dir)
+    look_up_option("image_format", image_format, ("png", "jpg"))
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    ids = [s.slide_id for s in items]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DatasetError(f"slide ids must be unique, repeated: {', '.join(repeated)}")
+    job = _Job(
+        out,
+        tiler,
+        tile_filter if tile_filter is not None else TileFilter.seed_recipe(),
+        image_format,
+        tuple(sorted(classes)) if classes is not None else None,
+    )
+    # Check every input before writing anything.
+    plans: list[tuple[SlideSource, list[Tile]]] = []
+    for source in items:
+        with SlideReader(source.slide) as reader:
+            shape = reader.shape
+        if source.annotations is not None:
+            annotations = read_annotations(source.annotations, classes=job.classes)
+            outside = annotations_outside(annotations, shape)
+            if outside and not allow_outside:
+                raise DatasetError(
+                    f"{source.annotations}: {len(outside)} of {len(annotations)} polygons "
+                    f"lie outside slide {source.slide} of shape {shape} (first: feature "
+                    f"{outside[0]}); is it the right file? Pass allow_outside=True to clip them"
+                )
+        plans.append((source, tiler.tiles(shape)))
+    _prepare_folder(out, job)
+
+    journal = _read_journal(out)
+    done = {key for key, row in journal.items() if _finished(out, row)}
+    todo = [
+        (source, [t for t in tiles if (source.slide_id, t.grid_row, t.grid_col) not in done])
+        for source, tiles in plans
+    ]
+    reused = sum(len(tiles) for _, tiles in plans) - sum(len(t) for _, t in todo)
+    tasks = [(source, row) for source, tiles in todo for row in _by_grid_row(tiles)]
+    total = sum(len(row) for _, row in tasks)
+    logger.info("exporting %d tiles (%d already done) to %s", total, reused, out)
+
+    with (out / _JOURNAL).open("a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, MANIFEST_COLUMNS)
+        if handle.tell() == 0:
+            writer.writeheader()
+        for records in _run(tasks, job, processes, progress, total):
+            for record in records:
+                writer.writerow(record)
+                journal[(record["slide"], int(record["grid_row"]), int(record["grid_col"]))] = (
+                    record
+                )
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    manifest = out / "manifest.csv"
+    rows = [journal[key] for key in sorted(journal)]
+    _write_atomic(manifest, _manifest_text(rows).encode("utf-8"))
+    per_slide = {}
+    for source, tiles in plans:
+        own = [journal[(source.slide_id, t.grid_row, t.grid_col)] for t in tiles]
+        per_slide[source.slide_id] = (len(own), sum(r["kept"] == "1" for r in own))
+    return ExportSummary(
+        out,
+        manifest,
+        tiles=len(rows),
+        kept=sum(r["kept"] == "1" for r in rows),
+        reused=reused,
+        per_slide=per_slide,
+    )
+
+
+def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Read a dataset's ``manifest.csv`` as a list of rows (column name -> text).
+
+    Raises
+    ------
+    DatasetError
+        If the folder has no manifest or its columns are not :data:`MANIFEST_COLUMNS`.
+    """
+    path = Path(out_dir) / "manifest.csv"
+    if not path.exists():
+        raise DatasetError(f"{path}: no manifest; is {out_dir} a glomseg tile dataset?")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+            raise DatasetError(f"{path}: unexpected columns {reader.fieldnames}")
+        return list(reader)
+
+
+# -- the folder ---------------------------------------------------------------------
+
+
+def _identity(job: _Job) -> dict[str, Any]:
+    return {
+        "format": _FORMAT,
+        "version": _FORMAT_VERSION,
+        "tiler": asdict(job.tiler),
+        "filter": repr(job.tile_filter),
+        "image_format": job.image_format,
+        "mask_values": [0, 1],
+        "classes": list(job.classes) if job.classes is not None else None,
+    }
+
+
+def _prepare_folder(out: Path, job: _Job) -> None:
+    identity = _identity(job)
+    marker = out / "dataset.json"
+    if marker.exists():
+        try:
+            existing = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{marker}: unreadable dataset description ({exc})") from exc
+        if existing != identity:
+            changed = sorted(
+                k for k in identity.keys() | existing.keys() if identity.get(k) != existing.get(k)
+            )
+            details = "; ".join(
+                f"{k}: {existing.get(k)!r} there, {identity.get(k)!r} now" for k in changed
+            )
+            raise DatasetError(
+                f"{out} holds a tile dataset made with other settings ({details}); "
+                "use another folder"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise DatasetError(
+            f"{out} is not empty and holds no glomseg tile dataset (no dataset.json); "
+            "use an empty or new folder"
+        )
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    if not marker.exists():
+        _write_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode("utf-8"))
+
+
+def _read_journal(out: Path) -> dict[tuple[str, int, int], dict[str, str]]:
+    """Finished tiles of earlier runs; a torn last line (a crash mid-write) is ignored."""
+    path = out / _JOURNAL
+    rows: dict[tuple[str, int, int], dict[str, str]] = {}
+    if not path.exists():
+        return rows
+    with path.open("r+b") as raw:
+        data = raw.read()
+        if data and not data.endswith(b"\n"):
+            # Drop the torn tail so that the next record starts on a line of its own.
+            raw.truncate(data.rfind(b"\n") + 1)
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if None in row or any(v is None for v in row.values()) or row["kept"] not in "01":
+                continue
+            try:
+                key = (row["slide"], int(row["grid_row"]), int(row["grid_col"]))
+            except ValueError:
+                continue
+            rows[key] = row
+    return rows
+
+
+def _finished(out: Path, row: dict[str, str]) -> bool:
+    if row["kept"] != "1":
+        return True
+    return (out / row["image"]).is_file() and (out / row["mask"]).is_file()
+
+
+def _manifest_text(rows: Sequence[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- the work -----------------------------------------------------------------------
+
+
+def _by_grid_row(tiles: list[Tile]) -> Iterator[list[Tile]]:
+    """Group tiles by grid row: a worker reads a row's overlapping windows in order."""
+    row: list[Tile] = []
+    for tile in tiles:
+        if row and tile.grid_row != row[0].grid_row:
+            yield row
+            row = []
+        row.append(tile)
+    if row:
+        yield row
+
+
+def _run(
+    tasks: list[tuple[SlideSource, list[Tile]]],
+    job: _Job,
+    processes: int,
+    progress: bool,
+    total: int,
+) -> Iterator[list[dict[str, str]]]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, disable=not progress, unit="tile", desc="tiles") as bar:
+        if processes == 1 or len(tasks) <= 1:
+            try:
+                for source, tiles in tasks:
+                    records = _export_row(job, source, tiles)
+                    bar.update(len(records))
+                    yield records
+            finally:
+                _close_state()
+            return
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            arguments = [(job, source, tiles) for source, tiles in tasks]
+            for records in pool.imap(_export_row_star, arguments):
+                bar.update(len(records))
+                yield records
+
+
+#: Per-process open slides: slide id -> (reader, rasterizer).
+_STATE: dict[str, tuple[SlideReader, MaskRasterizer]] = {}
+
+
+def _close_state() -> None:
+    for reader, _ in _STATE.values():
+        reader.close()
+    _STATE.clear()
+
+
+def _open(job: _Job, source: SlideSource) -> tuple[SlideReader, MaskRasterizer]:
+    if source.slide_id not in _STATE:
+        # One slide open at a time per process keeps memory to one reader's cache.
+        _close_state()
+        annotations = (
+            read_annotations(source.annotations, classes=job.classes)
+            if source.annotations is not None
+            else []
+        )
+        _STATE[source.slide_id] = (SlideReader(source.slide), MaskRasterizer(annotations))
+    return _STATE[source.slide_id]
+
+
+def _export_row_star(args: tuple[_Job, SlideSource, list[Tile]]) -> list[dict[str, str]]:
+    return _export_row(*args)
+
+
+def _export_row(job: _Job, source: SlideSource, tiles: list[Tile]) -> list[dict[str, str]]:
+    reader, rasterizer = _open(job, source)
+    return [_export_tile(job, source, reader, rasterizer, tile) for tile in tiles]
+
+
+def _export_tile(
+    job: _Job,
+    source: SlideSource,
+    reader: SlideReader,
+    rasterizer: MaskRasterizer,
+    tile: Tile,
+) -> dict[str, str]:
+    image = reader.read(tile.window, out_shape=tile.out_shape)
+    mask = rasterizer.rasterize(tile.window, downsample=job.tiler.downsample)
+    if mask.shape != tile.out_shape:  # pragma: no cover - guarded by Tiler's sizes
+        raise DatasetError(f"mask of {tile} is {mask.shape}, expected {tile.out_shape}")
+    stats = tile_stats(image, mask)
+    key = tile.key(source.slide_id)
+    decision = job.tile_filter(stats, key)
+    name = key.name
+    image_rel = mask_rel = ""
+    if decision.kept:
+        image_rel = f"images/{name}.{job.image_format}"
+        mask_rel = f"masks/{name}.png"
+        _write_atomic(job.out_dir / mask_rel, _encode(mask.astype(np.uint8), "png"))
+        _write_atomic(job.out_dir / image_rel, _encode(image, job.image_format))
+    window = tile.window
+    return {
+        "slide": source.slide_id,
+        "grid_row": str(tile.grid_row),
+        "grid_col": str(tile.grid_col),
+        "row": str(window.row),
+        "col": str(window.col),
+        "height": str(window.height),
+        "width": str(window.width),
+        "out_height": str(tile.out_shape[0]),
+        "out_width": str(tile.out_shape[1]),
+        "downsample": str(job.tiler.downsample),
+        "coverage": f"{stats.coverage:.6f}",
+        "tissue": f"{stats.tissue:.6f}",
+        "kept": "1" if decision.kept else "0",
+        "reason": decision.reason,
+        "image": image_rel,
+        "mask": mask_rel,
+    }
+
+
+def _encode(array: NDArray[np.uint8], image_format: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+    else:
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
