@@ -266,3 +266,22 @@ def test_jpg_images_and_class_selection(tmp_path):
     total_all = sum(float(r["coverage"]) for r in read_manifest(tmp_path / "all"))
     total_glom = sum(float(r["coverage"]) for r in read_manifest(tmp_path / "glom"))
     assert 0 < total_glom < total_all
+
+
+def test_tiles_rejected_by_their_mask_are_never_read(synthetic, tmp_path, monkeypatch):
+    reads = []
+    original = SlideReader.read
+
+    def counting(self, window=None, **kwargs):
+        reads.append(window)
+        return original(self, window, **kwargs)
+
+    monkeypatch.setattr(SlideReader, "read", counting)
+    export_tiles(
+        _sources(synthetic), tmp_path / "d", tiler=Tiler(100, 50, downsample=2), progress=False
+    )
+    rows = read_manifest(tmp_path / "d")
+    measured = [r for r in rows if r["tissue"] != ""]
+    # only tiles inside the coverage band need their image
+    assert len(reads) == len(measured) == sum(r["kept"] == "1" for r in rows) > 0
+    assert all(0.10 <= float(r["coverage"]) <= 0.90 for r in measured)

@@ -382,3 +382,23 @@ def test_winners_recipe_keeps_every_glomerulus_and_samples_background_with_tissu
     # The same tiles are chosen by a fresh filter (a rerun, or another worker).
     again = TileFilter.winners_recipe(background_share=0.25, seed=3)
     assert kept == [k for k in keys if again(background, k)]
+
+
+def test_prejudge_never_contradicts_the_full_filter():
+    from glomseg import GlomerulusOrSample
+
+    rule_sets = [
+        TileFilter.seed_recipe(),
+        TileFilter.winners_recipe(background_share=0.3, seed=2),
+        TileFilter(MinTissue(0.2), GlomerulusOrSample(0.5)),
+    ]
+    rng = np.random.default_rng(0)
+    for tile_filter in rule_sets:
+        for i in range(300):
+            coverage = float(rng.choice([0.0, rng.uniform(0, 1)]))
+            stats = TileStats(coverage, float(rng.uniform(0, 1)), 180.0, 30.0)
+            key = TileKey("s", i // 20, i % 20)
+            early = tile_filter.prejudge(coverage, key)
+            if early is not None:
+                assert not early.kept
+                assert not tile_filter(stats, key).kept

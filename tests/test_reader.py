@@ -480,3 +480,11 @@ def test_pyramid_resampled_read_is_close_to_the_area_average(pyramid, window, fa
     reference = _area_resize(full[window.to_slices()], got.shape[:2])
     # stated tolerance: mean absolute difference of at most 3 grey levels
     assert np.abs(got - reference).mean() <= 3.0
+
+
+def test_segment_shape_and_cache_bound(slides):
+    with SlideReader(slides[("planar", None, "lzw")][0], cache_bytes=99) as reader:
+        assert reader.segment_shape == (7, 190)
+        assert reader.cache_bytes == 99
+    with SlideReader(slides[("interleaved", 32, "none")][0]) as reader:
+        assert reader.segment_shape == (32, 32)

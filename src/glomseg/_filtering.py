@@ -281,9 +281,13 @@ class CoverageBand:
 
     def __call__(self, stats: TileStats, key: TileKey, /) -> str | None:
         """Reject a tile whose coverage is outside the band."""
-        if self.low <= stats.coverage <= self.high:
+        return self.prejudge(stats.coverage, key)
+
+    def prejudge(self, coverage: float, key: TileKey, /) -> str | None:
+        """The same rule from the mask alone (see :meth:`TileFilter.prejudge`)."""
+        if self.low <= coverage <= self.high:
             return None
-        return f"coverage {_g(stats.coverage)} outside [{_g(self.low)}, {_g(self.high)}]"
+        return f"coverage {_g(coverage)} outside [{_g(self.low)}, {_g(self.high)}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +437,16 @@ class GlomerulusOrSample:
             return None
         if stats.tissue < self.min_tissue:
             return f"background with tissue {_g(stats.tissue)} < {_g(self.min_tissue)}"
+        return self.prejudge(stats.coverage, key)
+
+    def prejudge(self, coverage: float, key: TileKey, /) -> str | None:
+        """Reject a background tile that is not drawn, from the mask alone.
+
+        See :meth:`TileFilter.prejudge`; a drawn background tile still needs
+        its image for the tissue condition.
+        """
+        if coverage > 0:
+            return None
         u = self.draw(key)
         if u < self.background_share:
             return None
@@ -528,6 +542,33 @@ class TileFilter:
             if reason is not None:
                 return Decision(False, f"{_predicate_name(predicate)}: {reason}")
         return Decision(True)
+
+    def prejudge(self, coverage: float, key: TileKey) -> Decision | None:
+        """Reject a tile from its mask coverage alone, when some rule can.
+
+        Rules with a ``prejudge(coverage, key)`` method (:class:`CoverageBand`,
+        :class:`GlomerulusOrSample`) can reject a tile before its image is read;
+        :func:`glomseg.export_tiles` then skips reading it. ``None`` means the
+        image is needed: call the filter with the full :class:`TileStats`. A
+        tile rejected here is also rejected by the full filter, though the
+        reason may name another failing rule.
+
+        Examples
+        --------
+        >>> from glomseg._tiling import TileKey
+        >>> TileFilter.seed_recipe().prejudge(0.02, TileKey("a", 0, 0))
+        Decision(kept=False, reason='CoverageBand: coverage 0.02 outside [0.1, 0.9]')
+        >>> TileFilter.seed_recipe().prejudge(0.5, TileKey("a", 0, 0)) is None
+        True
+        """
+        for predicate in self.predicates:
+            judge = getattr(predicate, "prejudge", None)
+            if judge is None:
+                continue
+            reason = judge(coverage, key)
+            if reason is not None:
+                return Decision(False, f"{_predicate_name(predicate)}: {reason}")
+        return None
 
     @classmethod
     def seed_recipe(cls, *, low: float = 0.10, high: float = 0.90) -> TileFilter:

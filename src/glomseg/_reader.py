@@ -36,6 +36,8 @@ Boundary = Literal["pad", "error"]
 
 _JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 _PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+#: Bytes of encoded segments read from the file at once.
+_READ_BYTES = 32 * 2**20
 #: Bytes of float32 pixels averaged at once by a resampled read.
 _BAND_BYTES = 32 * 2**20
 
@@ -416,6 +418,22 @@ class SlideReader:
         return tuple(lv.downsample for lv in self._levels)
 
     @property
+    def segment_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the tiles or strips the full-resolution level is stored in.
+
+        Strips span the whole width. A plain image counts as one segment.
+        """
+        if not self._levels[0].planes:
+            return self.shape
+        first = self._levels[0].planes[0]
+        return (first.seg_h, first.seg_w)
+
+    @property
+    def cache_bytes(self) -> int:
+        """The bound of the decoded-segment cache, in bytes."""
+        return self._cache_bytes
+
+    @property
     def layout(self) -> str:
         """A one-line description of how the file stores its pixels."""
         return self._layout
@@ -531,7 +549,10 @@ class SlideReader:
             )
         target = self._target_shape(window, out_shape, downsample)
         if target == window.shape:
-            out = np.full((*window.shape, 3), fill, dtype=np.uint8)
+            if inside == window:  # every pixel is overwritten
+                out = np.empty((*window.shape, 3), dtype=np.uint8)
+            else:
+                out = np.full((*window.shape, 3), fill, dtype=np.uint8)
             self._read_level(0, inside, out[inside.relative_to(window).to_slices()])
             return out
         return self._read_resampled(window, inside, target, fill)
@@ -618,30 +639,32 @@ class SlideReader:
         cols = range(window.col // plane.seg_w, (window.col_stop - 1) // plane.seg_w + 1)
         planes = range(plane.samples) if plane.separate else range(1)
         wanted = [plane.segment_index(p, r, c) for p in planes for r in rows for c in cols]
-        found: dict[int, NDArray[Any]] = {}
+        per_plane = plane.n_rows * plane.n_cols
+
+        def paste(index: int, segment: NDArray[Any]) -> None:
+            p, rest = divmod(index, per_plane)
+            seg_window = plane.segment_window(*divmod(rest, plane.n_cols))
+            overlap = seg_window.intersection(window)
+            if overlap is None:  # pragma: no cover - wanted segments always overlap
+                return
+            src = segment[overlap.relative_to(seg_window).to_slices()]
+            dst = out[overlap.relative_to(window).to_slices()]
+            if plane.separate:
+                dst[..., p] = src[..., 0]
+            else:
+                dst[...] = src
+
         missing = []
         for index in wanted:
             segment = self._cache.get((id(plane), index))
             if segment is None:
                 missing.append(index)
             else:
-                found[index] = segment
+                paste(index, segment)
+        # Paste each segment as it is decoded: only the cache holds on to them.
         for index, segment in self._decode_segments(plane, missing):
-            found[index] = segment
+            paste(index, segment)
             self._cache.put((id(plane), index), segment)
-        per_plane = plane.n_rows * plane.n_cols
-        for index in wanted:
-            p, rest = divmod(index, per_plane)
-            seg_window = plane.segment_window(*divmod(rest, plane.n_cols))
-            overlap = seg_window.intersection(window)
-            if overlap is None:  # pragma: no cover - wanted segments always overlap
-                continue
-            src = found[index][overlap.relative_to(seg_window).to_slices()]
-            dst = out[overlap.relative_to(window).to_slices()]
-            if plane.separate:
-                dst[..., p] = src[..., 0]
-            else:
-                dst[...] = src
 
     def _decode_segments(
         self, plane: _Plane, indices: Sequence[int]
@@ -652,15 +675,15 @@ class SlideReader:
             raise SlideReadError(f"{self._path}: the reader is closed")
         fh = self._tif.filehandle
         idx = np.asarray(indices, dtype=np.int64)
-        encoded: list[Any] = list(
-            fh.read_segments(
-                plane.offsets[idx].tolist(),
-                plane.bytecounts[idx].tolist(),
-                indices=idx.tolist(),
-                sort=True,
-                lock=fh.lock,
-                flat=True,
-            )
+        # Encoded segments come in batches of about _READ_BYTES, so memory stays bounded.
+        batches: Iterator[Any] = fh.read_segments(
+            plane.offsets[idx].tolist(),
+            plane.bytecounts[idx].tolist(),
+            indices=idx.tolist(),
+            sort=True,
+            lock=fh.lock,
+            buffersize=_READ_BYTES,
+            flat=False,
         )
 
         def decode(item: tuple[bytes | None, int]) -> tuple[int, NDArray[Any]]:
@@ -689,11 +712,16 @@ class SlideReader:
                 )
             return index, decoded[: seg_window.height, : seg_window.width]
 
-        if len(encoded) > 1 and self._max_workers > 1:
-            with ThreadPoolExecutor(self._max_workers) as pool:
-                yield from pool.map(decode, encoded)
-        else:
-            yield from map(decode, encoded)
+        pool = ThreadPoolExecutor(self._max_workers) if self._max_workers > 1 else None
+        try:
+            for batch in batches:
+                if pool is not None and len(batch) > 1:
+                    yield from pool.map(decode, batch)
+                else:
+                    yield from map(decode, batch)
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     def _load_plain(self) -> NDArray[Any]:
         with self._lock:
