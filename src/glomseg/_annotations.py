@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import shapely
 from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon
 
+from glomseg._files import atomic_path
 from glomseg.errors import AnnotationError, AnnotationWarning
 
 __all__ = [
@@ -725,17 +725,7 @@ def write_annotations(
     document: object = (
         {"type": "FeatureCollection", "features": features} if feature_collection else features
     )
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=indent, default=_json_default)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=indent, default=_json_default)
+        handle.write("\n")
     logger.debug("wrote %d annotations to %s", len(features), path)

@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from glomseg._annotations import annotations_outside, read_annotations
+from glomseg._files import write_bytes_atomic
 from glomseg._filtering import TileFilter, tile_stats
 from glomseg._rasterize import MaskRasterizer
 from glomseg._reader import SlideReader
@@ -312,7 +312,7 @@ def export_tiles(
 
     manifest = out / "manifest.csv"
     rows = [journal[key] for key in sorted(journal)]
-    _write_atomic(manifest, _manifest_text(rows).encode("utf-8"))
+    write_bytes_atomic(manifest, _manifest_text(rows).encode("utf-8"))
     per_slide = {}
     for source, tiles in plans:
         own = [journal[(source.slide_id, t.grid_row, t.grid_col)] for t in tiles]
@@ -387,7 +387,7 @@ def _prepare_folder(out: Path, job: _Job) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     if not marker.exists():
-        _write_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode("utf-8"))
+        write_bytes_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode("utf-8"))
 
 
 def _read_journal(out: Path) -> dict[tuple[str, int, int], dict[str, str]]:
@@ -425,18 +425,6 @@ def _manifest_text(rows: Sequence[dict[str, str]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- the work -----------------------------------------------------------------------
@@ -553,8 +541,8 @@ def _export_tile(
     if decision.kept:
         image_rel = f"images/{name}.{job.image_format}"
         mask_rel = f"masks/{name}.png"
-        _write_atomic(job.out_dir / mask_rel, _encode(mask.astype(np.uint8), "png"))
-        _write_atomic(job.out_dir / image_rel, _encode(image, job.image_format))
+        write_bytes_atomic(job.out_dir / mask_rel, _encode(mask.astype(np.uint8), "png"))
+        write_bytes_atomic(job.out_dir / image_rel, _encode(image, job.image_format))
     window = tile.window
     return {
         "slide": source.slide_id,

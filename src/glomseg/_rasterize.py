@@ -42,6 +42,7 @@ from glomseg._annotations import (
     PolygonalGeometry,
     as_polygonal,
 )
+from glomseg._rle import _check_mask
 from glomseg._window import Window
 
 __all__ = [
@@ -337,18 +338,6 @@ class MaskRasterizer:
 
 
 # -- mask to polygons ----------------------------------------------------------------
-
-
-def _check_mask(mask: object) -> NDArray[Any]:
-    array = np.asarray(mask)
-    if array.dtype != np.bool_ and array.dtype.kind not in "iu":
-        raise TypeError(
-            f"mask must be a bool or integer array, got dtype {array.dtype}; "
-            "threshold probabilities first, e.g. mask = prob > 0.5"
-        )
-    if array.ndim != 2:
-        raise ValueError(f"mask must be 2-D (height, width), got shape {array.shape}")
-    return array
 
 
 def mask_to_polygons(

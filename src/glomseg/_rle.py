@@ -17,7 +17,6 @@ import logging
 import operator
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from glomseg._files import atomic_path
 from glomseg.errors import look_up_option
 
 __all__ = ["read_submission", "rle_decode", "rle_encode", "write_submission"]
@@ -343,20 +343,10 @@ def write_submission(
         if not isinstance(rle, str) or not _RLE_PATTERN.fullmatch(rle):
             raise ValueError(f"RLE of {image_id!r} must be a str of digits and spaces")
         lines.append(f"{image_id},{rle.strip()}")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, mode)
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as handle:
-            for line in lines:
-                handle.write(line)
-                handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", encoding="ascii", newline="\n") as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
     logger.debug("wrote %d submission rows to %s", len(items), path)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "AnnotationWarning",
     "DatasetError",
     "GlomsegError",
+    "PretrainedWeightsError",
     "SlideReadError",
     "WindowError",
     "look_up_option",
@@ -37,6 +38,10 @@ class SlideReadError(GlomsegError, OSError):
 
 class AnnotationError(GlomsegError, ValueError):
     """An annotation file or geometry is malformed."""
+
+
+class PretrainedWeightsError(GlomsegError, FileNotFoundError):
+    """Pretrained encoder weights are not available locally and may not be downloaded."""
 
 
 class AnnotationWarning(UserWarning):

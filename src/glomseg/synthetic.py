@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import tifffile
 
+from glomseg._files import atomic_path
 from glomseg._window import Window
 from glomseg.errors import look_up_option
 
@@ -368,8 +369,7 @@ def write_synthetic_slide(
         "rgb" if channels in (3, 4) and layout in ("interleaved", "planar") else "minisblack"
     )
     extrasamples = ("unassalpha",) if channels == 4 else None
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp, atomic_path(annotation_path) as annotation_tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=layout == "ome") as tw:
             level_shapes = [
                 (math.ceil(height / 2**k), math.ceil(width / 2**k)) for k in range(levels)
@@ -434,14 +434,7 @@ def write_synthetic_slide(
                             (lh, lw), tile, rows_per_strip, codec, factor, pixels, (c,)
                         )
                         tw.write(data, shape=(lh, lw), metadata={}, **common)
-        annotation_tmp = annotation_path.with_name(f".{annotation_path.name}.partial")
         annotation_tmp.write_text(json.dumps(annotation_features(glomeruli), indent=1))
-        os.replace(tmp, path)
-        os.replace(annotation_tmp, annotation_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        annotation_path.with_name(f".{annotation_path.name}.partial").unlink(missing_ok=True)
-        raise
     return SyntheticSlide(path, annotation_path, (height, width), glomeruli, seed)
 
 
