@@ -85,7 +85,9 @@ def source_id(slide: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiles", type=Path, default=DEFAULT_TILES)
     parser.add_argument("--out", type=Path, default=Path("out/hubmap_unet"))
     parser.add_argument("--epochs", type=int, default=14)
