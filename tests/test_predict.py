@@ -22,7 +22,7 @@ from scipy.ndimage import uniform_filter
 from shapely.geometry import box
 
 import glomseg._predict as predict_module
-from glomseg import SlideReader, Window, tile_stats
+from glomseg import SlideReader, Window, tile_stats, tissue_pixels
 from glomseg._annotations import read_annotations
 from glomseg._metrics import dice_coefficient
 from glomseg._predict import (
@@ -31,7 +31,6 @@ from glomseg._predict import (
     evaluate_slide,
     evaluate_slides,
     predict_slide,
-    tissue_pixels,
     write_overlay,
     write_submission_csv,
 )

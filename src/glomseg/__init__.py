@@ -36,6 +36,7 @@ from glomseg._filtering import (
     TilePredicate,
     TileStats,
     tile_stats,
+    tissue_pixels,
 )
 from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
 from glomseg._model import (
@@ -61,7 +62,6 @@ from glomseg._predict import (
     evaluate_slide,
     evaluate_slides,
     predict_slide,
-    tissue_pixels,
     write_overlay,
     write_submission_csv,
 )

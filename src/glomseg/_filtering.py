@@ -41,6 +41,7 @@ __all__ = [
     "TilePredicate",
     "TileStats",
     "tile_stats",
+    "tissue_pixels",
 ]
 
 #: Rows processed at a time by :func:`tile_stats`, bounding its temporary memory.
@@ -127,6 +128,29 @@ class TileStats:
         object.__setattr__(self, "std", _number("std", self.std, 0.0, float("inf")))
 
 
+def tissue_pixels(image: NDArray[np.uint8], *, saturation_threshold: int = 40) -> NDArray[np.bool_]:
+    """Which pixels of an RGB image are tissue: HSV saturation (0-255) above a threshold.
+
+    The exact integer rule :func:`tile_stats` counts:
+    ``255 * (max - min) > threshold * max`` over the three channels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.array([[[243, 241, 246], [200, 100, 150]]], dtype=np.uint8)
+    >>> tissue_pixels(image).astype(int)
+    array([[0, 1]])
+    """
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    high = np.maximum(np.maximum(r, g), b)
+    spread = (high - np.minimum(np.minimum(r, g), b)).astype(np.uint16)
+    spread *= np.uint16(255)  # <= 65025: exact in uint16
+    scaled = high.astype(np.uint16)
+    scaled *= np.uint16(saturation_threshold)
+    tissue: NDArray[np.bool_] = spread > scaled
+    return tissue
+
+
 def tile_stats(
     image: NDArray[np.uint8],
     mask: NDArray[np.bool_] | NDArray[np.uint8],
@@ -201,14 +225,11 @@ def tile_stats(
     height, width = mask_array.shape
     n_pixels = height * width
     histogram = np.zeros(256, dtype=np.int64)
-    tissue_pixels = 0
+    tissue = 0
     for start in range(0, height, _BAND_ROWS):
         band = image[start : start + _BAND_ROWS]
         histogram += np.bincount(band.reshape(-1), minlength=256)
-        high = band.max(axis=2).astype(np.int32)
-        low = band.min(axis=2).astype(np.int32)
-        # saturation > threshold  <=>  255 * (high - low) > threshold * high  (high > 0)
-        tissue_pixels += int(np.count_nonzero(255 * (high - low) > threshold * high))
+        tissue += int(np.count_nonzero(tissue_pixels(band, saturation_threshold=threshold)))
     values = np.arange(256, dtype=np.int64)
     n_values = int(histogram.sum())
     total = int(histogram @ values)
@@ -217,7 +238,7 @@ def tile_stats(
     variance = max(total_sq / n_values - mean * mean, 0.0)
     return TileStats(
         coverage=int(np.count_nonzero(mask_array)) / n_pixels,
-        tissue=tissue_pixels / n_pixels,
+        tissue=tissue / n_pixels,
         mean=mean,
         std=variance**0.5,
     )

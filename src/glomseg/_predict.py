@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 
 from glomseg._annotations import Annotation, read_annotations, write_annotations
 from glomseg._files import atomic_path
+from glomseg._filtering import tissue_pixels
 from glomseg._rasterize import DEFAULT_SPECK_AREA, MaskRasterizer, mask_to_polygons
 from glomseg._reader import SlideReader
 from glomseg._rle import rle_encode, write_submission
@@ -1030,29 +1031,6 @@ def write_overlay(
 
 
 # -- prediction -----------------------------------------------------------------------------------
-
-
-def tissue_pixels(image: NDArray[np.uint8], *, saturation_threshold: int = 40) -> NDArray[np.bool_]:
-    """Which pixels of an RGB image are tissue: HSV saturation (0-255) above a threshold.
-
-    The same exact integer rule as :func:`glomseg.tile_stats`:
-    ``255 * (max - min) > threshold * max`` over the three channels.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> image = np.array([[[243, 241, 246], [200, 100, 150]]], dtype=np.uint8)
-    >>> tissue_pixels(image).astype(int)
-    array([[0, 1]])
-    """
-    r, g, b = image[..., 0], image[..., 1], image[..., 2]
-    high = np.maximum(np.maximum(r, g), b)
-    spread = (high - np.minimum(np.minimum(r, g), b)).astype(np.uint16)
-    spread *= np.uint16(255)  # <= 65025: exact in uint16
-    scaled = high.astype(np.uint16)
-    scaled *= np.uint16(saturation_threshold)
-    tissue: NDArray[np.bool_] = spread > scaled
-    return tissue
 
 
 def _block_mean(full: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
