@@ -151,6 +151,20 @@ class ExportSummary:
         Tiles of this run found finished by an earlier run and not redone.
     per_slide : dict
         ``slide_id -> (tiles, kept)`` for the slides of this run.
+
+    Examples
+    --------
+    >>> from glomseg import Tiler, TileFilter
+    >>> from glomseg.synthetic import write_synthetic_slide
+    >>> tmp = getfixture("tmp_path")
+    >>> slide = write_synthetic_slide(tmp / "a.tif", (256, 384), tile=64)
+    >>> summary = export_tiles(SlideSource.from_path(slide.path), tmp / "d",
+    ...                        tiler=Tiler(128), tile_filter=TileFilter(), progress=False)
+    >>> summary.per_slide, summary.reused
+    ({'a': (6, 6)}, 0)
+    >>> export_tiles(SlideSource.from_path(slide.path), tmp / "d", tiler=Tiler(128),
+    ...              tile_filter=TileFilter(), progress=False).reused  # a rerun redoes nothing
+    6
     """
 
     out_dir: Path
@@ -334,6 +348,18 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, str]]:
     ------
     DatasetError
         If the folder has no manifest or its columns are not :data:`MANIFEST_COLUMNS`.
+
+    Examples
+    --------
+    >>> from glomseg import Tiler, TileFilter
+    >>> from glomseg.synthetic import write_synthetic_slide
+    >>> tmp = getfixture("tmp_path")
+    >>> slide = write_synthetic_slide(tmp / "a.tif", (256, 256), tile=64, seed=3)
+    >>> _ = export_tiles(SlideSource.from_path(slide.path), tmp / "d", tiler=Tiler(128),
+    ...                  progress=False)  # the seed's filter: coverage 10-90 %
+    >>> row = read_manifest(tmp / "d")[0]
+    >>> row["slide"], row["grid_row"], row["kept"], row["reason"][:24]
+    ('a', '0', '0', 'CoverageBand: coverage 0')
     """
     path = Path(out_dir) / "manifest.csv"
     if not path.exists():

@@ -277,6 +277,16 @@ def dice_metric(y_true: Any, y_pred: Any) -> Any:
     -------
     tf.Tensor
         float32, shape ``(n,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.zeros((2, 4, 4, 1), dtype=np.float32)
+    >>> truth[0, :2] = 1  # image 0: 8 glomerulus pixels; image 1: none
+    >>> pred = np.full((2, 4, 4, 1), 0.9, dtype=np.float32)
+    >>> pred[1] = 0.1  # image 1 predicted empty too
+    >>> [round(float(d), 3) for d in dice_metric(truth, pred)]  # 2 * 8 / (16 + 8), and 1
+    [0.667, 1.0]
     """
     import tensorflow as tf
 
@@ -297,6 +307,13 @@ def dice_loss(y_true: Any, y_pred: Any) -> Any:
     -------
     tf.Tensor
         float32, shape ``(n,)``, in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.ones((1, 4, 4, 1), dtype=np.float32)
+    >>> float(dice_loss(truth, truth)[0]), round(float(dice_loss(truth, 1 - truth)[0]), 3)
+    (0.0, 0.941)
     """
     return 1.0 - _soft_dice(y_true, y_pred, LOSS_SMOOTH)
 
@@ -313,6 +330,15 @@ def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
     -------
     tf.Tensor
         float32, shape ``(n,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.zeros((1, 4, 4, 1), dtype=np.float32)
+    >>> truth[0, :2] = 1
+    >>> good, bad = truth * 0.98 + 0.01, 1 - truth
+    >>> bool(bce_dice_loss(truth, good)[0] < bce_dice_loss(truth, bad)[0])
+    True
     """
     import tensorflow as tf
 
@@ -574,6 +600,20 @@ def make_datasets(
     ------
     DatasetError
         If the folder is not a tile dataset or the split is impossible.
+
+    Examples
+    --------
+    >>> from glomseg import SlideSource, TileFilter, Tiler, export_tiles
+    >>> from glomseg.synthetic import write_synthetic_slide
+    >>> tmp = getfixture("tmp_path")
+    >>> sources = [SlideSource.from_path(write_synthetic_slide(
+    ...     tmp / f"s{i}.tif", (256, 256), tile=64, seed=i).path) for i in range(3)]
+    >>> _ = export_tiles(sources, tmp / "tiles", tiler=Tiler(64), tile_filter=TileFilter(),
+    ...                  progress=False)
+    >>> train, validation = make_datasets(tmp / "tiles", batch_size=4, validation_fraction=0.3)
+    >>> images, masks = next(iter(train))
+    >>> tuple(images.shape), tuple(masks.shape), str(images.dtype)
+    ((4, 64, 64, 3), (4, 64, 64, 1), "<dtype: 'float32'>")
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size!r}")
@@ -697,6 +737,16 @@ class GlomUNet:
     ``val_dice_metric``). ``mixed_precision=True`` uses ``mixed_float16`` with a
     float32 output layer when a GPU is present; on CPU it logs a warning and stays
     float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model = GlomUNet(backbone="resnet18", input_size=64)
+    >>> probs = model.predict(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+    >>> probs.shape, probs.dtype, bool(((probs >= 0) & (probs <= 1)).all())
+    ((2, 64, 64), dtype('float32'), True)
+    >>> model.config.backbone
+    'resnet18'
     """
 
     def __init__(

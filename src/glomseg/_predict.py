@@ -267,6 +267,18 @@ class PredictionStats:
         Calling thread idle, waiting for the reader: I/O the prefetching did not hide.
     write_wait_s : float
         Calling thread blocked on a full writer queue (the writer fell behind).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from glomseg.synthetic import write_synthetic_slide
+    >>> slide = write_synthetic_slide(getfixture("tmp_path") / "s.tif", (600, 800), tile=64)
+    >>> config = PredictConfig(tile_size=32, downsample=2)  # corner tiles are glass
+    >>> mask = predict_slide(slide.path, lambda b: np.zeros(b.shape[:3], np.float32),
+    ...                      config=config, progress=False)
+    >>> stats = mask.stats
+    >>> stats.tiles == stats.predicted + stats.skipped, stats.predicted > 0, stats.skipped > 0
+    (True, True, True)
     """
 
     tiles: int = 0
@@ -804,6 +816,16 @@ class SlideDice:
         ``2 |P & T| / (|P| + |T|)``, 1.0 when both are empty.
     intersection, predicted, truth : int
         ``|P & T|``, ``|P|`` and ``|T|`` in pixels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shapely.geometry import box
+    >>> pred = np.zeros((6, 6), dtype=bool)
+    >>> pred[1:3, 1:5] = True  # 8 pixels, 6 of them in the truth
+    >>> score = evaluate_slide(pred, [box(1, 1, 3, 2)])  # truth: rows 1-2, cols 1-3
+    >>> score
+    SlideDice(dice=0.857..., intersection=6, predicted=8, truth=6)
     """
 
     dice: float
@@ -822,6 +844,14 @@ class DiceReport:
         In the order given.
     mean : float
         Mean of the per-slide Dice scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> empty = np.zeros((4, 4), dtype=bool)
+    >>> report = evaluate_slides({"a": (empty, []), "b": (~empty, [])})
+    >>> report.per_slide["a"].dice, report.per_slide["b"].dice, report.mean
+    (1.0, 0.0, 0.5)
     """
 
     per_slide: dict[str, SlideDice] = field(default_factory=dict)

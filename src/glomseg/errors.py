@@ -29,31 +29,92 @@ __all__ = [
 
 
 class GlomsegError(Exception):
-    """Root of every error raised by glomseg."""
+    """Root of every error raised by glomseg.
+
+    Examples
+    --------
+    >>> from glomseg import SlideReader
+    >>> try:
+    ...     SlideReader("no/such/slide.tiff")
+    ... except GlomsegError as error:
+    ...     print(error)
+    no/such/slide.tiff: no such file
+    """
 
 
 class SlideReadError(GlomsegError, OSError):
-    """A slide cannot be opened or read: missing, not an image, truncated, corrupt, unsupported."""
+    """A slide cannot be opened or read: missing, not an image, truncated, corrupt, unsupported.
+
+    Examples
+    --------
+    >>> issubclass(SlideReadError, OSError)
+    True
+    """
 
 
 class AnnotationError(GlomsegError, ValueError):
-    """An annotation file or geometry is malformed."""
+    """An annotation file or geometry is malformed.
+
+    Examples
+    --------
+    >>> from glomseg import parse_annotations
+    >>> parse_annotations([{"type": "Feature", "geometry": {"type": "Point"}}], source="a.json")
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.AnnotationError: a.json: feature 0: ...
+    """
 
 
 class PretrainedWeightsError(GlomsegError, FileNotFoundError):
-    """Pretrained encoder weights are not available locally and may not be downloaded."""
+    """Pretrained encoder weights are not available locally and may not be downloaded.
+
+    Examples
+    --------
+    >>> issubclass(PretrainedWeightsError, FileNotFoundError)
+    True
+    """
 
 
 class AnnotationWarning(UserWarning):
-    """An annotation was repaired, dropped, or lies (partly) outside its slide."""
+    """An annotation was repaired, dropped, or lies (partly) outside its slide.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from glomseg import parse_annotations
+    >>> bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [4, 4], [4, 0], [0, 4], [0, 0]]]}
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     repaired = parse_annotations([bowtie])
+    >>> caught[0].category.__name__, repaired[0].geometry.is_valid
+    ('AnnotationWarning', True)
+    """
 
 
 class WindowError(GlomsegError, ValueError):
-    """A window is invalid, or lies outside the array or slide it is applied to."""
+    """A window is invalid, or lies outside the array or slide it is applied to.
+
+    Examples
+    --------
+    >>> from glomseg import Window
+    >>> Window(-1, 0, 2, 2).to_slices()
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.WindowError: cannot slice with a window at a negative offset: ...
+    """
 
 
 class DatasetError(GlomsegError, ValueError):
-    """A tile dataset on disk is inconsistent with what is being written or read."""
+    """A tile dataset on disk is inconsistent with what is being written or read.
+
+    Examples
+    --------
+    >>> from glomseg import read_manifest
+    >>> read_manifest(getfixture("tmp_path"))
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.DatasetError: .../manifest.csv: no manifest; is ... a glomseg tile dataset?
+    """
 
 
 def look_up_option(name: str, value: object, options: Iterable[str]) -> str:
