@@ -421,6 +421,107 @@ def test_a_failing_predictor_leaves_the_old_output_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr", "s.tif"]
 
 
+def test_a_failed_run_removes_its_temporary_output_folder(tmp_path, monkeypatch):
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / "s.tif", image)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(predict_module.tempfile, "tempdir", str(temp))
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model crashed")
+
+    config = PredictConfig(tile_size=16, downsample=1, skip_background=False)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        predict_slide(path, failing, config=config, progress=False)
+    assert list(temp.iterdir()) == []
+
+
+def test_a_folder_that_is_not_a_mask_is_never_replaced(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / "s.tif", image)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    config = PredictConfig(tile_size=16, downsample=1)
+    with pytest.raises(FileExistsError, match="not a glomseg mask"):
+        predict_slide(path, red, out, config=config, progress=False)
+    with pytest.raises(FileExistsError, match="not a glomseg mask"):
+        SlideMask.from_array(np.eye(4, dtype=bool), out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "s.tif"]
+    # An empty folder, and an existing mask, are replaced.
+    (out / "keep.txt").unlink()
+    assert SlideMask.from_array(np.eye(4, dtype=bool), out).read().sum() == 4
+    assert not predict_slide(path, red, out, config=config, progress=False).read().all()
+
+
+def test_a_failed_final_rename_keeps_the_old_mask(tmp_path, monkeypatch):
+    out = tmp_path / "m.zarr"
+    SlideMask.from_array(np.eye(4, dtype=bool), out)
+    real_replace = predict_module.os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == out and str(src).endswith(".partial"):  # the new mask into place
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(predict_module.os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        SlideMask.from_array(np.ones((4, 4), dtype=bool), out)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(SlideMask(out).read(), np.eye(4, dtype=bool))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+
+
+def test_a_closed_reader_is_reported(tmp_path):
+    from glomseg.errors import SlideReadError
+
+    path = write_tiff(tmp_path / "s.tif", np.zeros((20, 20, 3), dtype=np.uint8))
+    reader = SlideReader(path)
+    reader.close()
+    with pytest.raises(SlideReadError, match="closed"):
+        predict_slide(reader, red, tmp_path / "m.zarr", progress=False)
+
+
+def test_bad_arguments_name_the_parameter(tmp_path):
+    with pytest.raises(ValueError, match="chunk_size must be > 0, got 0"):
+        SlideMask.from_array(np.eye(4, dtype=bool), tmp_path / "m.zarr", chunk_size=0)
+    assert list(tmp_path.iterdir()) == []
+    image = np.zeros((5, 5, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="fill must be in"):
+        sliding_window_predict(image, red, tile_size=8, fill=300)
+
+
+def test_a_ragged_predictor_output_is_reported():
+    image = np.zeros((10, 10, 3), dtype=np.uint8)
+    with pytest.raises(TypeError, match="the predictor must return"):
+        sliding_window_predict(image, lambda b: [red(b), 1], tile_size=4)
+
+
+def test_the_writer_error_is_raised_even_when_it_dies_between_checks():
+    # The writer thread may set its error and stop between send()'s two checks.
+    class Racing(predict_module._MaskWriter):
+        checks = 0
+
+        @property  # type: ignore[override]
+        def error(self) -> BaseException | None:
+            Racing.checks += 1
+            return None if Racing.checks == 1 else OSError("disk full")
+
+        @error.setter
+        def error(self, value: BaseException | None) -> None:
+            pass
+
+    class Store:
+        chunks = (16, 16)
+
+    stitcher = BandStitcher((8, 8), 4)
+    writer = Racing(Store(), stitcher, PredictConfig(), (8, 8), predict_module.PredictionStats())  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="disk full"):
+        writer.send(object())
+
+
 def test_a_temporary_output_is_removed_with_the_mask(tmp_path):
     image = np.full((40, 40, 3), 255, dtype=np.uint8)
     path = write_tiff(tmp_path / "s.tif", image)

@@ -379,6 +379,7 @@ class SlideMask:
             raise ValueError(
                 f"mask must be a 2-D bool or integer array, got {array.dtype} {array.shape}"
             )
+        chunk_size = _int_at_least("chunk_size", chunk_size, 1)
         path = Path(path)
         h, w = array.shape
         with _atomic_dir(path) as tmp:
@@ -642,12 +643,30 @@ def _create_store(
     return array
 
 
+def _is_mask_store(path: Path) -> bool:
+    """Whether ``path`` holds a mask written by glomseg (and so may be replaced)."""
+    try:
+        array = _open_zarr(path)
+    except Exception:  # anything that is not a mask store
+        return False
+    return _ATTR in array.attrs
+
+
 class _atomic_dir:
-    """Build a folder at a temporary path beside ``path``; rename it into place on success."""
+    """Build a folder at a temporary path beside ``path``; rename it into place on success.
+
+    An existing ``path`` is only replaced when it is an empty folder or a glomseg
+    mask store, never any other folder.
+    """
 
     def __init__(self, path: Path) -> None:
         if path.exists() and not path.is_dir():
             raise FileExistsError(f"{path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not _is_mask_store(path):
+            raise FileExistsError(
+                f"{path} exists and is not a glomseg mask store; not replacing it "
+                "(remove it or choose another path)"
+            )
         self.path = path
         self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
 
@@ -660,10 +679,16 @@ class _atomic_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
+        try:
+            if self.path.exists():
+                old = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            if old is not None:  # put the previous mask back
+                os.replace(old, self.path)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -1303,6 +1328,8 @@ class _MaskWriter(threading.Thread):
             if self.error is not None:
                 raise self.error
             if not self.is_alive():
+                if self.error is not None:  # it failed after the check above
+                    raise self.error
                 raise RuntimeError("the mask writer thread stopped unexpectedly")
             try:
                 self.inbox.put(item, timeout=_POLL_S)
@@ -1373,6 +1400,10 @@ def predict_slide(
     if not callable(predictor):
         raise TypeError(f"predictor must be callable, got {type(predictor).__name__}")
     if isinstance(slide, SlideReader):
+        if slide.closed:
+            from glomseg.errors import SlideReadError
+
+            raise SlideReadError(f"{slide.path}: the reader is closed")
         return _predict(slide, predictor, out, cfg, progress)
     # Bands are read once, top to bottom: a small segment cache suffices.
     with SlideReader(slide, cache_bytes=_CACHE_BYTES) as reader:
@@ -1414,29 +1445,34 @@ def _predict(
         ds,
         stitcher.band_bytes / 1e6,
     )
-    with _atomic_dir(target) as tmp:
-        store = _create_store(tmp, full_shape, cfg.chunk_size, attributes)
-        tiles: queue.Queue[Any] = queue.Queue()
-        slots = threading.Semaphore(cfg.prefetch)
-        stop = threading.Event()
-        tile_reader = _TileReader(reader, stitcher, cfg, tiles, slots, stop, stats)
-        writer = _MaskWriter(store, stitcher, cfg, full_shape, stats)
-        bar = tqdm(total=stats.tiles, unit="tile", disable=not progress, desc="predict")
-        tile_reader.start()
-        writer.start()
-        try:
-            _drive(model, stitcher, cfg, tiles, slots, tile_reader, writer, stats, bar)
-            writer.send(_END)
-            writer.join()
-            if writer.error is not None:
-                raise writer.error
-        finally:
-            stop.set()
-            bar.close()
-            tile_reader.join()
-            if writer.is_alive():
-                writer.abort.set()
+    try:
+        with _atomic_dir(target) as tmp:
+            store = _create_store(tmp, full_shape, cfg.chunk_size, attributes)
+            tiles: queue.Queue[Any] = queue.Queue()
+            slots = threading.Semaphore(cfg.prefetch)
+            stop = threading.Event()
+            tile_reader = _TileReader(reader, stitcher, cfg, tiles, slots, stop, stats)
+            writer = _MaskWriter(store, stitcher, cfg, full_shape, stats)
+            bar = tqdm(total=stats.tiles, unit="tile", disable=not progress, desc="predict")
+            tile_reader.start()
+            writer.start()
+            try:
+                _drive(model, stitcher, cfg, tiles, slots, tile_reader, writer, stats, bar)
+                writer.send(_END)
                 writer.join()
+                if writer.error is not None:
+                    raise writer.error
+            finally:
+                stop.set()
+                bar.close()
+                tile_reader.join()
+                if writer.is_alive():
+                    writer.abort.set()
+                    writer.join()
+    except BaseException:
+        if temporary:  # the folder made above for the mask
+            shutil.rmtree(target.parent, ignore_errors=True)
+        raise
     stats.wall_s = time.perf_counter() - wall
     mask = SlideMask(target)
     mask._stats = stats

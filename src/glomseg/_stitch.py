@@ -125,7 +125,7 @@ def check_probabilities(probs: object, n: int, shape: tuple[int, int]) -> NDArra
     ValueError
         If the shape is wrong, or a value lies outside ``[0, 1]`` or is NaN.
     TypeError
-        If the output is not real-valued.
+        If the output is not an array of real values.
 
     Examples
     --------
@@ -137,7 +137,13 @@ def check_probabilities(probs: object, n: int, shape: tuple[int, int]) -> NDArra
     ...
     ValueError: the predictor must return shape (1, 2, 2) for 1 tiles of (2, 2), got (1, 2, 3)
     """
-    array = np.asarray(probs)
+    try:
+        array = np.asarray(probs)
+    except (TypeError, ValueError) as exc:  # e.g. a ragged list
+        raise TypeError(
+            f"the predictor must return an array of probabilities, got {type(probs).__name__} "
+            f"that is not one ({exc})"
+        ) from exc
     if array.dtype.kind not in "fiub":
         raise TypeError(f"the predictor must return real probabilities, got dtype {array.dtype}")
     expected = (n, *shape)
@@ -539,6 +545,8 @@ def sliding_window_predict(
     tile_size = _positive("tile_size", tile_size)
     stride = max(1, tile_size // 2) if stride is None else stride
     batch_size = _positive("batch_size", batch_size)
+    if isinstance(fill, bool) or not isinstance(fill, int | np.integer) or not 0 <= fill <= 255:
+        raise ValueError(f"fill must be in [0, 255], got {fill!r}")
     stitcher = BandStitcher(
         (array.shape[0], array.shape[1]), tile_size, stride, edge=edge, blending=blending
     )
