@@ -335,3 +335,11 @@ def test_real_slide_sizes_report_outside_polygons() -> None:
         DATA / "VAN0003-LK-33-2-PAS_FFPE_glom_annotations.json", slide_shape=sizes["aaa6a05cc"]
     )
     assert len(fitted) == 96
+
+
+def test_null_geometry_feature_is_skipped_with_warning() -> None:
+    # GeoJSON allows "geometry": null (an unlocated feature); QuPath writes some.
+    unlocated = {"type": "Feature", "geometry": None, "properties": {"isLocked": False}}
+    with pytest.warns(AnnotationWarning, match=r"slide\.json: feature 1.*no geometry"):
+        kept = parse_annotations([glom(), unlocated, glom()], source="slide.json")
+    assert len(kept) == 2

@@ -130,3 +130,9 @@ def test_mean_dice_errors() -> None:
         mean_dice({"a": m, "c": m}, {"a": m, "b": m})
     with pytest.raises(TypeError, match="two mappings"):
         mean_dice({"a": m}, [m])
+
+
+def test_zero_dimensional_masks() -> None:
+    assert dice_coefficient(np.bool_(True), np.bool_(True)) == 1.0
+    assert dice_coefficient(np.array(1), np.array(0)) == 0.0
+    assert soft_dice(np.float32(0.5), np.bool_(True)) == pytest.approx(2 / 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import logging
@@ -430,3 +431,91 @@ def test_model_learns_other_settings(
     tmp_path: Path, backbone: str, loss: str, size: int, epochs: int
 ) -> None:
     _learns(tmp_path, backbone=backbone, loss=loss, size=size, epochs=epochs)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@needs_tf
+def test_predict_rejects_floats_outside_unit_range(
+    small_model: GlomUNet, tiles: np.ndarray
+) -> None:
+    # float images in 0..255 would silently be scaled to 0..65025
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        small_model.predict(tiles.astype(np.float32))
+    bad = (tiles / 255.0).astype(np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        small_model.predict(bad)
+
+
+@needs_tf
+def test_predict_empty_batch(small_model: GlomUNet) -> None:
+    probs = small_model.predict(np.zeros((0, SIZE, SIZE, 3), np.uint8))
+    assert probs.shape == (0, SIZE, SIZE)
+    assert probs.dtype == np.float32
+
+
+@needs_tf
+def test_datasets_do_not_depend_on_the_global_tf_seed(tmp_path: Path) -> None:
+    _, keras, _ = _import_tf()
+    write_tile_dataset(tmp_path, slides=2, tiles_per_slide=8)
+    batches = []
+    for global_seed in (1, 2):
+        keras.utils.set_random_seed(global_seed)  # as building a GlomUNet(seed=...) does
+        batches.append(first_batch(make_datasets(tmp_path, batch_size=8, seed=5)[0]))
+    assert np.array_equal(batches[0][0], batches[1][0])
+    assert np.array_equal(batches[0][1], batches[1][1])
+
+
+class _FakeKerasUtils:
+    """Stands in for tf_keras.utils: records any call that could download."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def get_file(self, *args: object, **kwargs: object) -> str:
+        self.calls.append(args)
+        raise AssertionError("the real get_file may download")
+
+
+def test_imagenet_cache_is_never_revalidated_over_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glomseg._model import _no_downloads
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = tmp_path / ".keras" / "models"
+    cache.mkdir(parents=True)
+    good = b"weights"
+    (cache / "good.h5").write_bytes(good)
+    (cache / "partial.h5").write_bytes(b"weig")  # an interrupted download
+    md5 = hashlib.md5(good).hexdigest()
+    utils = _FakeKerasUtils()
+    with _no_downloads(utils, "resnet18"):
+        path = utils.get_file("good.h5", "https://x/good.h5", cache_subdir="models", md5_hash=md5)
+        assert Path(path) == cache / "good.h5"
+        with pytest.raises(PretrainedWeightsError, match=r"partial\.h5"):
+            utils.get_file("partial.h5", "https://x/p.h5", cache_subdir="models", md5_hash=md5)
+    assert utils.calls == []
+
+
+def test_config_write_failure_keeps_the_old_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glomseg._model import _config_path, _write_config
+
+    model_path = tmp_path / "model.h5"
+    _write_config(ModelConfig(backbone="resnet18"), model_path)
+    before = _config_path(model_path).read_text()
+
+    def disk_full(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        with self.open("w") as handle:
+            handle.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        _write_config(ModelConfig(backbone="resnet34"), model_path)
+    assert _config_path(model_path).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5.json"]

@@ -292,3 +292,16 @@ def test_real_annotation_rle_is_column_major() -> None:
     # Row-major RLE read back as column-major scrambles the mask: Dice near 0.
     wrong = rle_decode(rle_encode(mask, order="C"), mask.shape)
     assert dice_coefficient(wrong, mask) < 0.1
+
+
+def test_decode_rejects_numbers_beyond_int64() -> None:
+    with pytest.raises(ValueError, match="malformed RLE"):
+        rle_decode("99999999999999999999 1", (3, 3))
+
+
+def test_write_submission_rejects_ids_that_do_not_round_trip(tmp_path: Path) -> None:
+    # read_submission strips whitespace around fields, so " a" would come back as "a"
+    for image_id in (" aaa6a05cc", "aaa6a05cc ", "\taaa6a05cc"):
+        with pytest.raises(ValueError, match="image id"):
+            write_submission(tmp_path / "s.csv", [(image_id, "1 2")])
+    assert not list(tmp_path.iterdir())

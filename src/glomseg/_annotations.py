@@ -15,6 +15,8 @@ cannot mean:
 * invalid rings (self-intersections, bow-ties) are repaired with
   :func:`shapely.make_valid`, with an :class:`AnnotationWarning` naming the
   feature;
+* features with ``"geometry": null`` (GeoJSON's unlocated features) are
+  skipped with an :class:`AnnotationWarning`;
 * degenerate slivers, polygons whose area is below ``min_area`` (default
   :data:`DEFAULT_MIN_AREA`, one square pixel), are dropped with an
   :class:`AnnotationWarning`;
@@ -463,8 +465,9 @@ def parse_annotations(
     Warns
     -----
     AnnotationWarning
-        For each repaired invalid geometry and each dropped sliver (naming the
-        feature), and once for features outside ``slide_shape``.
+        For each repaired invalid geometry, each dropped sliver and each skipped
+        ``"geometry": null`` feature (naming the feature), and once for features
+        outside ``slide_shape``.
 
     Examples
     --------
@@ -533,6 +536,12 @@ def _parse_feature(item: object, where: str, min_area: float) -> Annotation | No
             )
         kind = item.get("type")
         if kind == "Feature":
+            if "geometry" in item and item["geometry"] is None:
+                # GeoJSON's unlocated feature ("geometry": null): QuPath writes some.
+                message = f"{where}: skipped a Feature with no geometry (null)"
+                logger.warning(message)
+                warnings.warn(message, AnnotationWarning, stacklevel=4)
+                return None
             if item.get("geometry") is None:
                 raise AnnotationError(f"{where}: Feature has no geometry")
             geometry = item["geometry"]

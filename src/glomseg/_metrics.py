@@ -36,9 +36,9 @@ def _check_binary(name: str, array: NDArray[Any]) -> None:
         )
 
 
-def _bands(shape: tuple[int, ...]) -> Iterable[slice]:
+def _bands(shape: tuple[int, ...]) -> Iterable[slice | tuple[()]]:
     if not shape:
-        yield slice(None)
+        yield ()  # a 0-d array: index it whole
         return
     per_row = max(1, math.prod(shape[1:]))
     step = max(1, _BAND_ELEMENTS // per_row)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -59,6 +60,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from glomseg._export import read_manifest
+from glomseg._files import atomic_path
 from glomseg._tiling import parse_tile_name
 from glomseg.errors import DatasetError, GlomsegError, PretrainedWeightsError, look_up_option
 
@@ -233,7 +235,9 @@ def _config_path(path: Path) -> Path:
 
 
 def _write_config(config: ModelConfig, path: Path) -> None:
-    _config_path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    with atomic_path(_config_path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- Dice in TF
@@ -521,6 +525,29 @@ def _augment(tf: Any, image: Any, mask: Any, seed: Any) -> tuple[Any, Any]:
     return tf.clip_by_value(image, 0.0, 1.0), mask
 
 
+@contextlib.contextmanager
+def _own_seeds_only() -> Iterator[None]:
+    """Let seeded tf.data ops (shuffle, random) depend on their own ``seed`` only.
+
+    TensorFlow combines an op's seed with the global seed, which building a
+    :class:`GlomUNet` sets; without this, the order and augmentation of a dataset
+    would depend on which models were built before it. The seeds are those of a
+    fresh process without a global seed; the global seed is left as it was.
+    """
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    if not hasattr(ctx, "_seed"):  # a TensorFlow whose internals differ: no-op
+        yield
+        return
+    saved = ctx._seed
+    ctx._seed = None
+    try:
+        yield
+    finally:
+        ctx._seed = saved
+
+
 def _dataset(
     records: Sequence[TileRecord],
     *,
@@ -538,14 +565,16 @@ def _dataset(
         lambda i, m: _load_tile(tf, i, m, input_size), num_parallel_calls=tf.data.AUTOTUNE
     ).cache()
     if shuffle:
-        ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        with _own_seeds_only():
+            ds = ds.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
 
     def scale(image: Any, mask: Any) -> tuple[Any, Any]:
         return tf.cast(image, tf.float32) / 255.0, tf.cast(mask, tf.float32)
 
     ds = ds.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        with _own_seeds_only():
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             lambda pair, s: _augment(tf, pair[0], pair[1], s),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -652,6 +681,17 @@ def _keras_cache_candidates(fname: str, cache_subdir: str, cache_dir: str | None
     return [base / cache_subdir / fname, Path("/tmp/.keras") / cache_subdir / fname]
 
 
+def _file_matches_hash(path: Path, file_hash: str, algorithm: str) -> bool:
+    """Whether ``path`` has the hash ``get_file`` would check (md5 or sha256, as Keras picks)."""
+    if algorithm == "auto":
+        algorithm = "sha256" if len(file_hash) == 64 else "md5"
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == file_hash
+
+
 @contextlib.contextmanager
 def _no_downloads(utils: Any, backbone: str) -> Iterator[None]:
     """Let ``utils.get_file`` return cached files only; a missing file raises our error."""
@@ -661,8 +701,21 @@ def _no_downloads(utils: Any, backbone: str) -> Iterator[None]:
         name = fname or (origin or "").rsplit("/", 1)[-1]
         subdir = kwargs.get("cache_subdir", "datasets")
         candidates = _keras_cache_candidates(name, subdir, kwargs.get("cache_dir"))
-        if any(path.is_file() for path in candidates):
-            return original(fname, origin, **kwargs)
+        found = next((path for path in candidates if path.is_file()), None)
+        if found is not None:
+            # Return the cached file ourselves: the real get_file looks in one cache
+            # folder only and re-downloads a file whose hash does not match.
+            file_hash = kwargs.get("file_hash")
+            algorithm = str(kwargs.get("hash_algorithm", "auto"))
+            if file_hash is None and kwargs.get("md5_hash") is not None:
+                file_hash, algorithm = kwargs["md5_hash"], "md5"
+            if file_hash and not _file_matches_hash(found, str(file_hash), algorithm):
+                raise PretrainedWeightsError(
+                    f"the cached {backbone} weights file {found} is incomplete or corrupt (its "
+                    f"hash differs from {file_hash}); delete it, download {name} from {origin} "
+                    f"again and pass encoder_weights='/path/to/{name}'"
+                )
+            return str(found)
         raise PretrainedWeightsError(
             f"encoder_weights='imagenet' needs the pretrained {backbone} weights file, which "
             f"cannot be downloaded here: download {name} from {origin} on a machine with "
@@ -881,6 +934,13 @@ class GlomUNet:
         -------
         ndarray of float32
             ``(n, h, w, 3)``, after the backbone's preprocessing.
+
+        Raises
+        ------
+        ValueError
+            If the shape is wrong, or float images hold values outside ``[0, 1]`` or NaN.
+        TypeError
+            If the dtype is neither uint8 nor float.
         """
         array = np.asarray(images)
         if array.ndim == 3:
@@ -890,6 +950,11 @@ class GlomUNet:
         if array.dtype == np.uint8:
             scaled = array.astype(np.float32)
         elif array.dtype.kind == "f":
+            if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):
+                raise ValueError(
+                    "float images must lie in [0, 1] (and not be NaN), got values in "
+                    f"[{array.min()}, {array.max()}]; pass uint8 0..255 images, or divide by 255"
+                )
             scaled = array.astype(np.float32) * np.float32(255.0)
         else:
             raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {array.dtype}")
@@ -1001,7 +1066,14 @@ class GlomUNet:
         Returns
         -------
         ndarray of float32
-            ``(n, s, s)`` probabilities in ``[0, 1]``.
+            ``(n, s, s)`` probabilities in ``[0, 1]`` (``n`` may be 0).
+
+        Raises
+        ------
+        ValueError
+            If the images are not ``(n, s, s, 3)``, or float images are not in ``[0, 1]``.
+        TypeError
+            If the dtype is neither uint8 nor float.
         """
         batch = self.preprocess(images)
         size = self._config.input_size
@@ -1010,6 +1082,8 @@ class GlomUNet:
                 f"images must be {size} x {size} (the model's input_size), "
                 f"got {batch.shape[1]} x {batch.shape[2]}"
             )
+        if not len(batch):
+            return np.zeros((0, size, size), dtype=np.float32)
         probs = self._model.predict(batch, batch_size=batch_size, verbose=0)
         return np.asarray(probs, dtype=np.float32)[..., 0]
 

@@ -199,7 +199,10 @@ def _parse_rle(rle: str) -> NDArray[np.int64]:
             "malformed RLE: expected 'start length' pairs, "
             f"got an odd count of {len(tokens)} numbers"
         )
-    return np.array(tokens, dtype=np.int64)
+    try:
+        return np.array(tokens, dtype=np.int64)
+    except OverflowError:
+        raise ValueError("malformed RLE: a number exceeds the 64-bit integer range") from None
 
 
 def _check_shape(shape: object) -> tuple[int, int]:
@@ -312,8 +315,9 @@ def write_submission(
     Raises
     ------
     ValueError
-        If an id is empty, repeated or holds a comma, quote or line break, or an
-        RLE holds anything but digits and spaces.
+        If an id is empty, repeated, holds a comma, quote or line break or has
+        whitespace around it (which :func:`read_submission` strips), or an RLE
+        holds anything but digits and spaces.
 
     Examples
     --------
@@ -333,9 +337,15 @@ def write_submission(
         if not (isinstance(item, tuple | list) and len(item) == 2):
             raise ValueError(f"rows must hold (id, rle) pairs, got {item!r}")
         image_id, rle = item
-        if not isinstance(image_id, str) or not image_id or any(c in image_id for c in ',"\r\n'):
+        if (
+            not isinstance(image_id, str)
+            or not image_id
+            or any(c in image_id for c in ',"\r\n')
+            or image_id != image_id.strip()
+        ):
             raise ValueError(
-                f'image id must be a non-empty str without , " or newlines: {image_id!r}'
+                f'image id must be a non-empty str without , " or newlines, '
+                f"nor spaces around it: {image_id!r}"
             )
         if image_id in seen:
             raise ValueError(f"image id {image_id!r} appears twice")
