@@ -344,6 +344,12 @@ def test_save_and_load_errors(small_model: GlomUNet, tmp_path: Path) -> None:
     small_model.keras_model.save(str(tmp_path / "bare.keras"))
     with pytest.raises(FileNotFoundError, match="configuration"):
         GlomUNet.load(tmp_path / "bare.keras")
+    (tmp_path / "bare.keras.json").write_text('{"backbone": "resnet18", ')
+    with pytest.raises(ValueError, match=r"bare\.keras\.json: not a GlomUNet configuration"):
+        GlomUNet.load(tmp_path / "bare.keras")
+    (tmp_path / "bare.keras.json").write_text('{"backbone": "resnet18", "colour": 1}')
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        GlomUNet.load(tmp_path / "bare.keras")
 
 
 @needs_tf

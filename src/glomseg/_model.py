@@ -1144,7 +1144,10 @@ class GlomUNet:
                 f"{config_file} not found: GlomUNet.load needs the configuration that "
                 "GlomUNet.save writes next to the model"
             )
-        config = ModelConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        try:
+            config = ModelConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{config_file}: not a GlomUNet configuration ({error})") from None
         _, keras, _ = _import_tf()
         model = keras.models.load_model(
             str(source), custom_objects=_custom_objects(), compile=compile
