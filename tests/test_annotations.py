@@ -343,3 +343,19 @@ def test_null_geometry_feature_is_skipped_with_warning() -> None:
     with pytest.warns(AnnotationWarning, match=r"slide\.json: feature 1.*no geometry"):
         kept = parse_annotations([glom(), unlocated, glom()], source="slide.json")
     assert len(kept) == 2
+
+
+def test_qupath_rgb_list_colour_is_read_as_argb() -> None:
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]},
+        "properties": {"classification": {"name": "glomerulus", "color": [208, 20, 207]}},
+    }
+    (annotation,) = parse_annotations([feature])
+    # opaque ARGB 0xFFD014CF as a signed 32-bit int, the colorRGB of the HuBMAP files
+    assert annotation.color == GLOMERULUS_COLOR == 0xFFD014CF - 2**32
+    bad = {**feature, "properties": {"classification": {"name": "g", "color": [1, 2]}}}
+    with pytest.raises(
+        AnnotationError, match=r"feature 0: classification color must be \[r, g, b\]"
+    ):
+        parse_annotations([bad])

@@ -4,7 +4,8 @@ QuPath exports annotations as GeoJSON: either a bare JSON list of ``Feature``
 objects (the HuBMAP files) or a ``FeatureCollection``. Each feature holds a
 ``Polygon`` or ``MultiPolygon`` in full-resolution pixel coordinates, with
 GeoJSON's ``(x, y) = (col, row)`` order, and a ``properties.classification``
-``{"name": ..., "colorRGB": ...}`` (``colorRGB`` is a signed 32-bit ARGB int).
+``{"name": ..., "colorRGB": ...}`` (``colorRGB`` is a signed 32-bit ARGB int; the
+``"color": [r, g, b]`` of QuPath 0.3 and newer is read as the same opaque colour).
 
 Geometries stay in GeoJSON ``(x, y)`` space here; the swap to ``(row, col)``
 happens only in :class:`glomseg.MaskRasterizer`, where polygons meet pixels.
@@ -391,6 +392,21 @@ def _split_properties(
     if name is not None and not isinstance(name, str):
         raise AnnotationError(f"{where}: classification name must be a string, got {name!r}")
     color = cls.get("colorRGB")
+    rgb = cls.get("color")
+    if color is None and rgb is not None:
+        # QuPath 0.3 and newer write "color": [r, g, b] instead of "colorRGB".
+        if (
+            not isinstance(rgb, list)
+            or len(rgb) != 3
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb
+            )
+        ):
+            raise AnnotationError(
+                f"{where}: classification color must be [r, g, b] with values 0-255, got {rgb!r}"
+            )
+        argb = (0xFF << 24) | (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+        color = argb - 2**32 if argb > _INT32_MAX else argb
     if color is not None and (
         isinstance(color, bool)
         or not isinstance(color, int)
