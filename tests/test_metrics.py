@@ -136,3 +136,11 @@ def test_zero_dimensional_masks() -> None:
     assert dice_coefficient(np.bool_(True), np.bool_(True)) == 1.0
     assert dice_coefficient(np.array(1), np.array(0)) == 0.0
     assert soft_dice(np.float32(0.5), np.bool_(True)) == pytest.approx(2 / 3)
+
+
+def test_mean_dice_refuses_a_single_image_taken_for_a_batch() -> None:
+    mask = np.zeros((4, 5), dtype=bool)
+    with pytest.raises(ValueError, match="preds is one 2-D array, not a batch"):
+        mean_dice(mask, mask)
+    batch = np.zeros((2, 4, 5), dtype=bool)
+    assert mean_dice(batch, batch) == 1.0

@@ -141,6 +141,12 @@ def mean_dice(
             )
         pairs: Iterable[tuple[ArrayLike, ArrayLike]] = ((preds[k], truths[k]) for k in truths)
     else:
+        for name, value in (("preds", preds), ("truths", truths)):
+            if isinstance(value, np.ndarray) and value.ndim < 3:
+                raise ValueError(
+                    f"{name} is one {value.ndim}-D array, not a batch (n, h, w) or a sequence "
+                    "of masks; for a single image use dice_coefficient"
+                )
         pairs = _zip_same_length(preds, truths)
     scores = [dice_coefficient(p, t) for p, t in pairs]
     if not scores:
