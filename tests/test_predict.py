@@ -711,11 +711,13 @@ def test_end_to_end_with_a_tiny_trained_glomunet(small_slide, tmp_path):
     y = np.stack(masks)[..., None].astype(np.float32)
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(8)
     model = GlomUNet(backbone="resnet18", input_size=64, seed=0)
-    model.fit(data.repeat(), epochs=3, steps_per_epoch=15)
+    model.fit(data.repeat(), epochs=4, steps_per_epoch=20)
     config = PredictConfig(tile_size=64, stride=48, downsample=2, batch_size=16)
     mask = predict_slide(small_slide.path, model, tmp_path / "m.zarr", config=config)
     score = evaluate_slide(mask, small_slide.annotation_path)
-    assert score.dice > 0.8, score  # measured 0.987 (45 steps of resnet18 at 64 px)
+    # measured 0.990 alone and 0.981 after other TensorFlow tests (80 steps of resnet18 at
+    # 64 px); with 45 steps it was 0.987 alone but 0.61 after them: too few to be robust
+    assert score.dice > 0.8, score
 
 
 def _sample_case() -> tuple[Path, Path]:
