@@ -6,7 +6,9 @@ For each slide: a full-resolution mask (``<out>/<id>.zarr``, readable window by
 window with :class:`glomseg.SlideMask`), its TIFF copy (``<id>.mask.tif``), an
 overlay PNG, and one row of ``<out>/submission.csv`` (``id,predicted``, Kaggle
 RLE). The tile size is the model's input size; ``--downsample`` must match the
-one the model was trained at.
+scale the model was trained at (full-resolution pixels per model pixel; for tiles
+resized by train.py, e.g. the seed's 4000-px windows at 416 px, the nearest whole
+factor, 10).
 """
 
 from __future__ import annotations

@@ -30,7 +30,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out") / "model")
     parser.add_argument("--backbone", default="resnet34")
     parser.add_argument("--weights", default=None, help="'imagenet' or a local .h5 file")
-    parser.add_argument("--input-size", type=int, default=None, help="default: the tile size")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="a multiple of 32; default: the tile size rounded up to one",
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--steps-per-epoch", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -40,14 +45,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    tile = int(read_manifest(args.tiles)[0]["out_height"])
+    # A U-Net needs sides that are multiples of 32: the seed's 400-px tiles become 416.
+    size = args.input_size or -(-tile // 32) * 32
+    if size != tile:
+        print(f"tiles of {tile} px are resized to {size} px for the U-Net")
+
     train_ds, val_ds = make_datasets(
         args.tiles,
         validation_fraction=args.validation_fraction,
         batch_size=args.batch_size,
         seed=args.seed,
-        input_size=args.input_size,
+        input_size=None if size == tile else size,
     )
-    size = args.input_size or int(read_manifest(args.tiles)[0]["out_height"])
     model = GlomUNet(
         backbone=args.backbone,
         input_size=size,
