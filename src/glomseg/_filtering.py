@@ -50,12 +50,7 @@ _BAND_ROWS = 512
 
 def _fraction(name: str, value: float) -> float:
     """Return ``value`` as a float in [0, 1], else raise a message naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return number
+    return _number(name, value, 0.0, 1.0)
 
 
 def _number(name: str, value: float, low: float, high: float) -> float:

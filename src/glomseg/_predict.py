@@ -69,6 +69,7 @@ from glomseg._stitch import (
     flip_tta,
     prediction_shape,
 )
+from glomseg._tiling import _positive_int
 from glomseg._window import Window
 from glomseg.errors import look_up_option
 
@@ -86,7 +87,6 @@ __all__ = [
     "evaluate_slide",
     "evaluate_slides",
     "predict_slide",
-    "tissue_pixels",
     "write_overlay",
     "write_submission_csv",
 ]
@@ -106,15 +106,6 @@ _SCAN_BYTES = 64 * 2**20
 _POLL_S = 0.1
 #: The zarr attribute that marks a glomseg mask and holds its metadata.
 _ATTR = "glomseg_mask"
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        relation = "> 0" if minimum == 1 else f">= {minimum}"
-        raise ValueError(f"{name} must be {relation}, got {value}")
-    return int(value)
 
 
 def _unit_interval(name: str, value: object) -> float:
@@ -208,7 +199,7 @@ class PredictConfig:
     chunk_size: int = 1024
 
     def __post_init__(self) -> None:
-        tile_size = _int_at_least("tile_size", self.tile_size, 1)
+        tile_size = _positive_int("tile_size", self.tile_size)
         stride = max(1, tile_size * 3 // 4) if self.stride is None else self.stride
         if isinstance(stride, bool) or not isinstance(stride, int | np.integer):
             raise TypeError(f"stride must be an integer, got {stride!r}")
@@ -216,8 +207,8 @@ class PredictConfig:
             raise ValueError(f"stride must be in [1, tile_size={tile_size}], got {stride}")
         object.__setattr__(self, "tile_size", tile_size)
         object.__setattr__(self, "stride", int(stride))
-        object.__setattr__(self, "downsample", _int_at_least("downsample", self.downsample, 1))
-        object.__setattr__(self, "batch_size", _int_at_least("batch_size", self.batch_size, 1))
+        object.__setattr__(self, "downsample", _positive_int("downsample", self.downsample))
+        object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
         look_up_option("blending", self.blending, BLENDINGS)
         look_up_option("edge", self.edge, GRID_EDGES)
         for name in ("tta", "skip_background"):
@@ -225,12 +216,12 @@ class PredictConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "threshold", _unit_interval("threshold", self.threshold))
         object.__setattr__(self, "min_tissue", _unit_interval("min_tissue", self.min_tissue))
-        sat = _int_at_least("saturation_threshold", self.saturation_threshold, 0)
+        sat = _positive_int("saturation_threshold", self.saturation_threshold, minimum=0)
         if sat > 255:
             raise ValueError(f"saturation_threshold must be in [0, 255], got {sat}")
         object.__setattr__(self, "saturation_threshold", sat)
-        object.__setattr__(self, "prefetch", _int_at_least("prefetch", self.prefetch, 1))
-        chunk = _int_at_least("chunk_size", self.chunk_size, 16)
+        object.__setattr__(self, "prefetch", _positive_int("prefetch", self.prefetch))
+        chunk = _positive_int("chunk_size", self.chunk_size, minimum=16)
         if chunk % 16:
             raise ValueError(f"chunk_size must be a multiple of 16, got {chunk}")
         object.__setattr__(self, "chunk_size", chunk)
@@ -379,7 +370,7 @@ class SlideMask:
             raise ValueError(
                 f"mask must be a 2-D bool or integer array, got {array.dtype} {array.shape}"
             )
-        chunk_size = _int_at_least("chunk_size", chunk_size, 1)
+        chunk_size = _positive_int("chunk_size", chunk_size)
         path = Path(path)
         h, w = array.shape
         with _atomic_dir(path) as tmp:
@@ -458,7 +449,7 @@ class SlideMask:
         size : int, optional
             Window side; default four chunks.
         """
-        side = 4 * self.chunks[0] if size is None else _int_at_least("size", size, 1)
+        side = 4 * self.chunks[0] if size is None else _positive_int("size", size)
         h, w = self.shape
         for r in range(0, h, side):
             for c in range(0, w, side):
@@ -567,7 +558,7 @@ class SlideMask:
         import tifffile
 
         look_up_option("compression", compression, tuple(_TIFF_CODECS))
-        tile = _int_at_least("tile", tile, 16)
+        tile = _positive_int("tile", tile, minimum=16)
         if tile % 16:
             raise ValueError(f"tile must be a multiple of 16, got {tile}")
         path = Path(path)
@@ -746,7 +737,7 @@ def _trace(mask: SlideMask | NDArray[Any], window: int, min_area: float) -> list
     from shapely.geometry import MultiPolygon
     from shapely.geometry import Polygon as ShapelyPolygon
 
-    side = _int_at_least("window", window, 1)
+    side = _positive_int("window", window)
     if not (isinstance(min_area, int | float) and min_area >= 0):
         raise ValueError(f"min_area must be a number >= 0, got {min_area!r}")
     h, w = _mask_shape(mask)
@@ -776,7 +767,10 @@ def _trace(mask: SlideMask | NDArray[Any], window: int, min_area: float) -> list
 
 def _sample_mask(mask: SlideMask | NDArray[Any], shape: tuple[int, int]) -> NDArray[np.bool_]:
     h, w = _mask_shape(mask)
-    th, tw = _int_at_least("shape[0]", shape[0], 1), _int_at_least("shape[1]", shape[1], 1)
+    th, tw = (
+        _positive_int("shape[0]", shape[0]),
+        _positive_int("shape[1]", shape[1]),
+    )
     rows = np.minimum(((np.arange(th) + 0.5) * h / th).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(tw) + 0.5) * w / tw).astype(np.int64), w - 1)
     out = np.zeros((th, tw), dtype=np.bool_)
@@ -934,7 +928,7 @@ def evaluate_slide(
     """
     mask = _as_mask(prediction)
     rasterizer = _rasterizer(truth)
-    side = _int_at_least("window", window, 1)
+    side = _positive_int("window", window)
     h, w = _mask_shape(mask)
     both = predicted = actual = 0
     for r in range(0, h, side):
