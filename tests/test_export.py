@@ -285,3 +285,65 @@ def test_tiles_rejected_by_their_mask_are_never_read(synthetic, tmp_path, monkey
     # only tiles inside the coverage band need their image
     assert len(reads) == len(measured) == sum(r["kept"] == "1" for r in rows) > 0
     assert all(0.10 <= float(r["coverage"]) <= 0.90 for r in measured)
+
+
+class _Invert:
+    """A fake stain normaliser: inverts colours; ``to_dict`` names its setting."""
+
+    def __init__(self, strength: float = 1.0) -> None:
+        self.strength = strength
+
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        return (255 - image).astype(np.uint8)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "invert", "strength": np.float64(self.strength), "target": np.eye(2)}
+
+
+def test_stain_normaliser_is_applied_to_images_and_recorded(synthetic, tmp_path):
+    kwargs = {
+        "tiler": Tiler(100, 100, downsample=2),
+        "tile_filter": TileFilter(),
+        "progress": False,
+    }
+    export_tiles(_sources(synthetic[:1]), tmp_path / "raw", **kwargs)
+    export_tiles(_sources(synthetic[:1]), tmp_path / "d", stain_normalizer=_Invert(), **kwargs)
+    assert "stain_normalizer" not in json.loads((tmp_path / "raw" / "dataset.json").read_text())
+    description = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert description["stain_normalizer"] == {
+        "kind": "invert",
+        "strength": 1.0,
+        "target": [[1.0, 0.0], [0.0, 1.0]],
+    }
+    names = sorted(p.name for p in (tmp_path / "d" / "images").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "raw" / "images").iterdir())
+    assert names
+    for name in names:
+        raw = np.asarray(Image.open(tmp_path / "raw" / "images" / name))
+        normalised = np.asarray(Image.open(tmp_path / "d" / "images" / name))
+        np.testing.assert_array_equal(normalised, 255 - raw)
+        mask = Path("masks") / name
+        assert (tmp_path / "d" / mask).read_bytes() == (tmp_path / "raw" / mask).read_bytes()
+    # the same normaliser resumes; another one, or none, is refused
+    again = export_tiles(
+        _sources(synthetic[:1]), tmp_path / "d", stain_normalizer=_Invert(), **kwargs
+    )
+    assert again.reused == again.tiles
+    with pytest.raises(DatasetError, match=r"other settings \(stain_normalizer: .*strength"):
+        export_tiles(
+            _sources(synthetic[:1]), tmp_path / "d", stain_normalizer=_Invert(0.5), **kwargs
+        )
+    with pytest.raises(DatasetError, match="stain_normalizer"):
+        export_tiles(_sources(synthetic[:1]), tmp_path / "d", **kwargs)
+    with pytest.raises(DatasetError, match="stain_normalizer"):
+        export_tiles(
+            _sources(synthetic[:1]), tmp_path / "raw", stain_normalizer=_Invert(), **kwargs
+        )
+
+
+def test_a_bad_stain_normaliser_is_reported(synthetic, tmp_path):
+    with pytest.raises(TypeError, match="stain_normalizer must have a transform"):
+        export_tiles(
+            _sources(synthetic[:1]), tmp_path / "d", tiler=Tiler(100), stain_normalizer=object()
+        )
+    assert not (tmp_path / "d").exists()

@@ -272,7 +272,12 @@ def test_bad_predictor_outputs_are_reported():
         ({"tile_size": 0}, ValueError, "tile_size must be > 0, got 0"),
         ({"tile_size": 64, "stride": 0}, ValueError, "stride must be in"),
         ({"downsample": 0}, ValueError, "downsample must be > 0, got 0"),
-        ({"downsample": 1.5}, TypeError, "downsample must be an integer"),
+        ({"downsample": float("nan")}, ValueError, "downsample must be a finite number > 0"),
+        ({"downsample": -0.5}, ValueError, "downsample must be a finite number > 0, got -0.5"),
+        ({"downsample": "2"}, TypeError, "downsample must be a number > 0, got '2'"),
+        ({"downsample": True}, TypeError, "downsample must be a number"),
+        ({"tile_size": 64, "stride": 65}, ValueError, r"stride must be in \[1, tile_size=64\]"),
+        ({"stride": 0}, ValueError, "stride must be >= 1, got 0"),
         ({"batch_size": -1}, ValueError, "batch_size must be > 0"),
         ({"threshold": 1.0}, ValueError, r"threshold must be in \[0, 1\), got 1.0"),
         ({"edge": "drop"}, ValueError, "edge must be one of 'pad', 'shift'"),
@@ -517,7 +522,8 @@ def test_the_writer_error_is_raised_even_when_it_dies_between_checks():
         chunks = (16, 16)
 
     stitcher = BandStitcher((8, 8), 4)
-    writer = Racing(Store(), stitcher, PredictConfig(), (8, 8), predict_module.PredictionStats())  # type: ignore[arg-type]
+    config = PredictConfig(tile_size=4, downsample=1)
+    writer = Racing(Store(), stitcher, config, (8, 8), predict_module.PredictionStats())  # type: ignore[arg-type]
     with pytest.raises(OSError, match="disk full"):
         writer.send(object())
 

@@ -488,3 +488,171 @@ def test_segment_shape_and_cache_bound(slides):
         assert reader.cache_bytes == 99
     with SlideReader(slides[("interleaved", 32, "none")][0]) as reader:
         assert reader.segment_shape == (32, 32)
+
+
+# -- fractional grids (prediction at a fractional downsample) -------------------------------------
+def _edge_weights(edges: np.ndarray, n_in: int) -> np.ndarray:
+    """Dense area weights of cells [edges[i], edges[i+1]) over n_in pixels (outside: no pixel)."""
+    pixel = np.arange(n_in)
+    lo = np.maximum(edges[:-1, None], pixel[None, :])
+    hi = np.minimum(edges[1:, None], pixel[None, :] + 1)
+    return np.clip(hi - lo, 0, None)
+
+
+@settings(max_examples=30)
+@given(
+    start=st.integers(0, 60),
+    count=st.integers(1, 25),
+    cols=st.integers(1, 30),
+    ds=st.sampled_from([0.3, 0.5, 0.75, 1.5, 2.5, 3.7, 7.25]),
+)
+def test_fractional_grid_read_is_the_exact_area_average_padded_with_white(
+    slides, start, count, cols, ds
+):
+    path, full = slides[("interleaved", 32, "deflate")]
+    rows = np.arange(start, start + count + 1) * ds
+    col_edges = np.arange(cols + 1) * ds
+    with SlideReader(path) as reader:
+        got = reader._read_area(rows, col_edges)
+    h, w = full.shape[:2]
+    # pad with white far enough for any cell, then average exactly in float64
+    padded = np.full((int(rows[-1]) + h + 1, int(col_edges[-1]) + w + 1, 3), 255.0)
+    padded[:h, :w] = full
+    wr = _edge_weights(rows, padded.shape[0])
+    wc = _edge_weights(col_edges, padded.shape[1])
+    reference = np.einsum("ij,jkc,lk->ilc", wr, padded, wc) / (
+        wr.sum(1)[:, None, None] * wc.sum(1)[None, :, None]
+    )
+    assert got.shape == (count, cols, 3)
+    assert np.abs(got - reference).max() <= 0.5 + 1e-3
+
+
+def test_fractional_grid_read_does_not_depend_on_the_grouping(slides, monkeypatch):
+    import glomseg._reader as reader_module
+
+    path, _ = slides[("pages", None, "none")]
+    ds = 1.7
+    rows, cols = np.arange(0, 41) * ds, np.arange(0, 60) * ds
+    with SlideReader(path) as reader:
+        whole = reader._read_area(rows, cols)
+        parts = np.concatenate([reader._read_area(rows[i : i + 8], cols) for i in range(0, 40, 7)])
+        monkeypatch.setattr(reader_module, "_BAND_BYTES", 4000)  # many small groups
+        banded = reader._read_area(rows, cols)
+    np.testing.assert_array_equal(parts, whole)
+    np.testing.assert_array_equal(banded, whole)
+
+
+# -- pixel size --------------------------------------------------------------------------------
+RGB = np.zeros((8, 12, 3), dtype=np.uint8)
+
+
+def _pixel_size(path: Path) -> float | None:
+    with SlideReader(path) as reader:
+        return reader.pixel_size_um
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, None),  # tifffile writes resolution 1/1 with unit "none"
+        ({"resolution": (20000, 20000), "resolutionunit": "CENTIMETER"}, 0.5),
+        ({"resolution": (101600, 101600), "resolutionunit": "INCH"}, 0.25),
+        ({"resolution": (2.0, 2.0), "resolutionunit": "NONE"}, None),
+        ({"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a dpi default, not a scan
+        (
+            {
+                "description": "Aperio Image Library v12.0.15\n8x12 (256x256) JPEG/RGB|AppMag = 20|"
+                "MPP = 0.4990|Filename = a"
+            },
+            0.499,
+        ),
+        ({"imagej": True, "resolution": (4.0, 4.0), "metadata": {"unit": "micron"}}, 0.25),
+        (
+            {
+                "ome": True,
+                "metadata": {"axes": "YXS", "PhysicalSizeX": 0.46, "PhysicalSizeY": 0.46},
+            },
+            0.46,
+        ),
+        (
+            {
+                "ome": True,
+                "metadata": {
+                    "axes": "YXS",
+                    "PhysicalSizeX": 500.0,
+                    "PhysicalSizeXUnit": "nm",
+                    "PhysicalSizeY": 500.0,
+                    "PhysicalSizeYUnit": "nm",
+                },
+            },
+            0.5,
+        ),
+        ({"ome": True, "metadata": {"axes": "YXS"}}, None),
+    ],
+)
+def test_pixel_size_from_each_kind_of_metadata(tmp_path, kwargs, expected):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, RGB, photometric="rgb", **kwargs)
+    got = _pixel_size(path)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_ome_pixel_size_wins_over_resolution_tags(tmp_path):
+    path = tmp_path / "s.ome.tif"
+    metadata = {"axes": "YXS", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3}
+    tifffile.imwrite(
+        path,
+        RGB,
+        photometric="rgb",
+        ome=True,
+        metadata=metadata,
+        resolution=(10000, 10000),
+        resolutionunit="CENTIMETER",
+    )
+    assert _pixel_size(path) == pytest.approx(0.3)
+
+
+def test_anisotropic_pixels_warn_and_give_the_mean(tmp_path):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(
+        path, RGB, photometric="rgb", resolution=(20000, 10000), resolutionunit="CENTIMETER"
+    )
+    with SlideReader(path) as reader, pytest.warns(UserWarning, match=r"s\.tif: pixel width 0.5"):
+        assert reader.pixel_size_um == pytest.approx(0.75)
+    within = tmp_path / "t.tif"
+    tifffile.imwrite(
+        within, RGB, photometric="rgb", resolution=(20000, 20100), resolutionunit="CENTIMETER"
+    )
+    assert _pixel_size(within) == pytest.approx((0.5 + 1e4 / 20100) / 2)  # no warning
+
+
+def test_plain_images_have_no_pixel_size_and_closed_readers_say_so(tmp_path):
+    Image.fromarray(RGB).save(tmp_path / "a.png")
+    assert _pixel_size(tmp_path / "a.png") is None
+    reader = SlideReader(tmp_path / "a.png")
+    reader.close()
+    with pytest.raises(SlideReadError, match="closed"):
+        _ = reader.pixel_size_um
+
+
+def test_fractional_grid_read_uses_the_pyramid_and_stays_close(pyramid):
+    path, full = pyramid
+    ds = 4.6
+    rows, cols = np.arange(0, 50) * ds, np.arange(0, 80) * ds
+    with SlideReader(path) as reader:
+        assert max(reader.level_downsamples) > 1
+        got = reader._read_area(rows, cols)
+    n_r, n_c = len(rows) - 1, len(cols) - 1
+    padded = np.full((int(rows[-1]) + 2, int(cols[-1]) + 2, 3), 255.0)
+    h, w = min(full.shape[0], padded.shape[0]), min(full.shape[1], padded.shape[1])
+    padded[:h, :w] = full[:h, :w]
+    wr, wc = _edge_weights(rows, padded.shape[0]), _edge_weights(cols, padded.shape[1])
+    reference = np.einsum("ij,jkc,lk->ilc", wr, padded, wc) / (
+        wr.sum(1)[:, None, None] * wc.sum(1)[None, :, None]
+    )
+    assert got.shape == (n_r, n_c, 3)
+    # stated tolerance of pyramid reads: mean absolute difference of at most 3 grey levels
+    assert np.abs(got - reference).mean() <= 3.0

@@ -184,6 +184,7 @@ class _Job:
     tile_filter: TileFilter
     image_format: str
     classes: tuple[str, ...] | None
+    stain_normalizer: Any = None
 
 
 def export_tiles(
@@ -197,6 +198,7 @@ def export_tiles(
     processes: int = 1,
     progress: bool = True,
     allow_outside: bool = False,
+    stain_normalizer: Any = None,
 ) -> ExportSummary:
     """Tile slides into image/mask pairs, filter them, and write a dataset folder.
 
@@ -228,6 +230,12 @@ def export_tiles(
         Accept polygon files with polygons outside their slide (clipped to it);
         by default that is an error, as it usually means the JSON belongs to
         another slide or the slide has the wrong size.
+    stain_normalizer : object, optional
+        Pass each kept image tile through ``stain_normalizer.transform(image)``
+        (``uint8`` RGB in and out) before it is written; masks, statistics and
+        filtering use the tile as read. Its ``to_dict()`` (or, without one, its
+        class name) is recorded in ``dataset.json``, so resuming with another
+        normaliser, or none, is refused. It must pickle when ``processes > 1``.
 
     Returns
     -------
@@ -272,6 +280,11 @@ def export_tiles(
     look_up_option("image_format", image_format, ("png", "jpg"))
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if stain_normalizer is not None and not callable(getattr(stain_normalizer, "transform", None)):
+        raise TypeError(
+            "stain_normalizer must have a transform(image) method, "
+            f"got {type(stain_normalizer).__name__}"
+        )
     ids = [s.slide_id for s in items]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
@@ -282,6 +295,7 @@ def export_tiles(
         tile_filter if tile_filter is not None else TileFilter.seed_recipe(),
         image_format,
         tuple(sorted(classes)) if classes is not None else None,
+        stain_normalizer,
     )
     # Check every input before writing anything.
     plans: list[tuple[SlideSource, list[Tile]]] = []
@@ -375,7 +389,7 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, str]]:
 
 
 def _identity(job: _Job) -> dict[str, Any]:
-    return {
+    identity = {
         "format": _FORMAT,
         "version": _FORMAT_VERSION,
         "tiler": asdict(job.tiler),
@@ -384,6 +398,26 @@ def _identity(job: _Job) -> dict[str, Any]:
         "mask_values": [0, 1],
         "classes": list(job.classes) if job.classes is not None else None,
     }
+    if job.stain_normalizer is not None:  # absent, not null, so older datasets still resume
+        identity["stain_normalizer"] = _describe_normalizer(job.stain_normalizer)
+    return identity
+
+
+def _describe_normalizer(normalizer: Any) -> Any:
+    """The normaliser's ``to_dict()`` as JSON reads it back, else its class name."""
+    to_dict = getattr(normalizer, "to_dict", None)
+    if not callable(to_dict):
+        kind = type(normalizer)
+        return {"class": f"{kind.__module__}.{kind.__qualname__}"}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray | np.generic):
+            return value.tolist()
+        raise TypeError(
+            f"stain_normalizer.to_dict() must be JSON-serialisable, got {type(value).__name__}"
+        )
+
+    return json.loads(json.dumps(to_dict(), default=plain))
 
 
 def _prepare_folder(out: Path, job: _Job) -> None:
@@ -567,6 +601,8 @@ def _export_tile(
     if decision.kept:
         image_rel = f"images/{name}.{job.image_format}"
         mask_rel = f"masks/{name}.png"
+        if job.stain_normalizer is not None:
+            image = _normalise(job.stain_normalizer, image)
         write_bytes_atomic(job.out_dir / mask_rel, _encode(mask.astype(np.uint8), "png"))
         write_bytes_atomic(job.out_dir / image_rel, _encode(image, job.image_format))
     window = tile.window
@@ -588,6 +624,16 @@ def _export_tile(
         "image": image_rel,
         "mask": mask_rel,
     }
+
+
+def _normalise(normalizer: Any, image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    out = np.asarray(normalizer.transform(image))
+    if out.dtype != np.uint8 or out.shape != image.shape:
+        raise ValueError(
+            f"stain_normalizer.transform must return uint8 of shape {image.shape}, "
+            f"got {out.dtype} of shape {out.shape}"
+        )
+    return out
 
 
 def _encode(array: NDArray[np.uint8], image_format: str) -> bytes:

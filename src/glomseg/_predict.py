@@ -3,21 +3,27 @@
 :func:`predict_slide` runs any :class:`~glomseg.Predictor` over a slide and
 writes a full-resolution :class:`SlideMask`:
 
+0. The tile size and ``downsample`` come from the config, else from the model
+   and the slide's pixel size (:func:`glomseg.resolve_scale`), so that
+   glomeruli have the size the model learned.
 1. A reader thread reads the slide band by band of rows at the prediction
-   resolution (``downsample``), each full-resolution pixel decoded once, and
-   cuts the bands into overlapping tiles of a regular grid. Tiles with no tissue
+   resolution (``downsample``, whole or fractional: each prediction pixel is
+   the area average of its footprint), each full-resolution pixel decoded
+   about once, and cuts the bands into overlapping tiles of a regular grid. Tiles with no tissue
    (no pixel whose HSV saturation exceeds ``saturation_threshold``, the rule of
    :func:`glomseg.tile_stats`) are marked as background and never reach the
    predictor. Tiles wait in a bounded queue, so reading runs ahead of the
    predictor.
-2. The calling thread only batches tiles and calls the predictor (optionally
-   with flip test-time augmentation), so the model is never idle on stitching.
+2. The calling thread only batches tiles and calls the predictor (after the
+   model's stain normaliser, optionally with flip test-time augmentation), so
+   the model is never idle on stitching.
 3. A writer thread blends the predictions into a :class:`~glomseg.BandStitcher`,
    which holds one band of ``tile_size`` rows, normalises the rows no later
-   tile touches, thresholds them,
-   upsamples them to full resolution (each prediction pixel becomes a
-   ``downsample`` x ``downsample`` block, cropped at the slide edge) and writes
-   them to a chunked zarr array on disk.
+   tile touches, thresholds them, maps them to full resolution by the
+   pixel-centre rule (full-resolution pixel ``r`` takes prediction pixel
+   ``floor((r + 0.5) / downsample)``: for a whole factor each prediction pixel
+   becomes a ``downsample`` x ``downsample`` block, cropped at the slide edge)
+   and writes them to a chunked zarr array on disk.
 
 Memory is O(slide width x tile size), not O(slide): for a 31299 x 44066 slide at
 ``downsample=2`` with 512-pixel tiles the band of sums is 45 MB. The mask is
@@ -45,7 +51,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import KW_ONLY, dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -58,6 +64,15 @@ from glomseg._filtering import tissue_pixels
 from glomseg._rasterize import DEFAULT_SPECK_AREA, MaskRasterizer, mask_to_polygons
 from glomseg._reader import SlideReader
 from glomseg._rle import rle_encode, write_submission
+from glomseg._scale import (
+    _as_downsample,
+    _block_mean,
+    _centres,
+    _edges,
+    _stain_normalizer,
+    _tile_model,
+    resolve_scale,
+)
 from glomseg._stitch import (
     BLENDINGS,
     GRID_EDGES,
@@ -65,8 +80,8 @@ from glomseg._stitch import (
     Blending,
     GridEdge,
     Predictor,
+    _default_stride,
     check_probabilities,
-    flip_tta,
     prediction_shape,
 )
 from glomseg._tiling import _positive_int
@@ -126,15 +141,23 @@ class PredictConfig:
 
     Parameters
     ----------
-    tile_size : int
+    tile_size : int, optional
         Tile side in pixels at prediction resolution (what the model sees), > 0.
+        Default ``None``: the model's ``config.input_size``, or 512 for a
+        predictor without one (see :func:`glomseg.resolve_scale`).
     stride : int, optional
         Grid step in prediction pixels, ``1 <= stride <= tile_size``; default
-        ``tile_size * 3 // 4`` (a quarter overlap). After construction it holds
-        an int.
-    downsample : int
-        Whole factor from full resolution to prediction resolution, >= 1. A tile
-        covers ``tile_size * downsample`` full-resolution pixels a side.
+        ``tile_size * 3 // 4`` (a quarter overlap), the default of
+        :func:`glomseg.sliding_window_predict` too. Once the tile size is known
+        it holds an int.
+    downsample : int or float, optional
+        Factor from full resolution to prediction resolution, > 0; a tile covers
+        ``tile_size * downsample`` full-resolution pixels a side. A whole factor
+        (kept as an ``int``) averages and repeats exact blocks; a fractional one
+        averages each prediction pixel's exact fractional footprint, and one
+        below 1 upsamples. Default ``None``: from the model and the input's
+        pixel size (see :func:`glomseg.resolve_scale`); a value given here
+        always wins.
     batch_size : int
         Tiles per predictor call, > 0.
     blending : {"gaussian", "mean", "crop"}
@@ -173,6 +196,8 @@ class PredictConfig:
     --------
     >>> PredictConfig(tile_size=256, downsample=2).stride
     192
+    >>> PredictConfig(downsample=2.5)  # the tile size will come from the model
+    PredictConfig(tile_size=None, stride=None, downsample=2.5, batch_size=8, ...)
     >>> PredictConfig(tile_size=256, stride=300)
     Traceback (most recent call last):
     ...
@@ -184,9 +209,9 @@ class PredictConfig:
     """
 
     _: KW_ONLY
-    tile_size: int = 512
+    tile_size: int | None = None
     stride: int | None = None
-    downsample: int = 2
+    downsample: int | float | None = None
     batch_size: int = 8
     blending: Blending = "gaussian"
     tta: bool = False
@@ -199,15 +224,22 @@ class PredictConfig:
     chunk_size: int = 1024
 
     def __post_init__(self) -> None:
-        tile_size = _positive_int("tile_size", self.tile_size)
-        stride = max(1, tile_size * 3 // 4) if self.stride is None else self.stride
-        if isinstance(stride, bool) or not isinstance(stride, int | np.integer):
-            raise TypeError(f"stride must be an integer, got {stride!r}")
-        if not 1 <= stride <= tile_size:
-            raise ValueError(f"stride must be in [1, tile_size={tile_size}], got {stride}")
+        tile_size = None if self.tile_size is None else _positive_int("tile_size", self.tile_size)
+        stride = self.stride
+        if stride is None and tile_size is not None:
+            stride = _default_stride(tile_size)
+        if stride is not None:
+            if isinstance(stride, bool) or not isinstance(stride, int | np.integer):
+                raise TypeError(f"stride must be an integer, got {stride!r}")
+            if tile_size is None and stride < 1:
+                raise ValueError(f"stride must be >= 1, got {stride}")
+            if tile_size is not None and not 1 <= stride <= tile_size:
+                raise ValueError(f"stride must be in [1, tile_size={tile_size}], got {stride}")
+            stride = int(stride)
         object.__setattr__(self, "tile_size", tile_size)
-        object.__setattr__(self, "stride", int(stride))
-        object.__setattr__(self, "downsample", _positive_int("downsample", self.downsample))
+        object.__setattr__(self, "stride", stride)
+        if self.downsample is not None:
+            object.__setattr__(self, "downsample", _as_downsample("downsample", self.downsample))
         object.__setattr__(self, "batch_size", _positive_int("batch_size", self.batch_size))
         look_up_option("blending", self.blending, BLENDINGS)
         look_up_option("edge", self.edge, GRID_EDGES)
@@ -228,8 +260,12 @@ class PredictConfig:
 
     @property
     def grid_stride(self) -> int:
-        """The stride as an int (``stride`` after construction)."""
-        assert self.stride is not None
+        """The stride as an int; only known once ``tile_size`` is."""
+        if self.stride is None:
+            raise ValueError(
+                "the stride is not known before the tile size: give tile_size, or let "
+                "predict_slide take it from the model"
+            )
         return self.stride
 
 
@@ -1082,22 +1118,6 @@ def write_overlay(
 # -- prediction -----------------------------------------------------------------------------------
 
 
-def _block_mean(full: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
-    """Area average of ``factor`` x ``factor`` blocks, rounded to nearest (ties to even)."""
-    if factor == 1:
-        return full
-    h, w = full.shape[0] // factor, full.shape[1] // factor
-    blocks = full.reshape(h, factor, w, factor, 3)
-    dtype = np.uint16 if factor * factor * 255 < 2**16 else np.uint32
-    total: NDArray[np.unsignedinteger[Any]] = np.zeros((h, w, 3), dtype=dtype)
-    for a in range(factor):
-        for b in range(factor):
-            total += blocks[:, a, :, b, :]
-    mean = total.astype(np.float32)
-    mean /= np.float32(factor * factor)
-    return np.rint(mean).astype(np.uint8)
-
-
 class _Failure:
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -1139,6 +1159,8 @@ class _TileReader(threading.Thread):
         self.stop = stop
         self.stats = stats
         ds = config.downsample
+        assert ds is not None
+        self.downsample = ds
         levels = reader.level_downsamples[1:]
         # With a pyramid level at or below the downsample, let the reader resample from it.
         self.use_reader_resampling = ds > 1 and any(d <= ds * (1 + 1e-3) for d in levels)
@@ -1152,8 +1174,17 @@ class _TileReader(threading.Thread):
 
     def _load(self, image: NDArray[np.uint8], start: int, stop: int) -> None:
         """Read prediction rows ``[start, stop)`` into ``image`` (rows relative to ``start``)."""
-        ds = self.config.downsample
+        ds = self.downsample
         width = self.stitcher.shape[1]
+        if not isinstance(ds, int):  # a fractional footprint: exact area average
+            per_row = math.ceil(width * ds + 1) * math.ceil(max(ds, 1.0) + 1) * 3
+            step = max(1, _READ_BYTES // per_row)
+            cols = _edges(0, width, ds)
+            for r in range(start, stop, step):
+                n = min(step, stop - r)
+                block = self.reader._read_area(_edges(r, r + n, ds), cols)
+                image[r - start : r - start + n, :width] = block
+            return
         per_row = width * ds * ds * 3
         step = max(1, _READ_BYTES // per_row)
         for r in range(start, stop, step):
@@ -1249,6 +1280,11 @@ class _MaskWriter(threading.Thread):
         self.written = 0
         self.chunk_rows = int(store.chunks[0])
         self.current = -1
+        assert config.downsample is not None
+        self.downsample: int | float = config.downsample
+        self.next_row = 0  # the next full-resolution row to hand to the store
+        if not isinstance(self.downsample, int):
+            self.cols = _centres(0, full_shape[1], self.downsample, stitcher.shape[1])
 
     def run(self) -> None:
         try:
@@ -1289,13 +1325,23 @@ class _MaskWriter(threading.Thread):
         if not sums.shape[0]:
             return
         begin = time.perf_counter()
-        ds = self.config.downsample
+        ds = self.downsample
         h, w = self.full_shape
         probs = self.stitcher.normalise(start, sums)
         mask = (probs > np.float32(self.config.threshold)).view(np.uint8)
-        rows = min((start + mask.shape[0]) * ds, h) - start * ds
-        if ds > 1:
-            mask = np.repeat(np.repeat(mask, ds, axis=0)[:rows], ds, axis=1)[:, :w]
+        stop = start + mask.shape[0]
+        if isinstance(ds, int):
+            rows = min(stop * ds, h) - start * ds
+            if ds > 1:
+                mask = np.repeat(np.repeat(mask, ds, axis=0)[:rows], ds, axis=1)[:, :w]
+        else:
+            # Full-resolution rows whose centres fall in prediction rows [start, stop).
+            last = h if stop == self.stitcher.shape[0] else min(h, math.ceil(stop * ds) + 1)
+            owner = _centres(self.next_row, last, ds, self.stitcher.shape[0])
+            owner = owner[owner < stop]
+            rows = len(owner)
+            mask = mask[owner - start][:, self.cols]
+        self.next_row += rows
         self.pending.append(np.ascontiguousarray(mask))
         self.pending_rows += rows
         self.stats.stitch_s += time.perf_counter() - begin
@@ -1334,10 +1380,13 @@ class _MaskWriter(threading.Thread):
 
 def predict_slide(
     slide: SlideReader | str | os.PathLike[str],
-    predictor: Predictor,
+    model: Predictor,
     out: str | os.PathLike[str] | None = None,
     *,
     config: PredictConfig | None = None,
+    pixel_size_um: float | None = None,
+    stain: bool = True,
+    stain_normalizer: Any = None,
     progress: bool = True,
 ) -> SlideMask:
     """Predict a whole slide with blended, overlapping tiles into a full-resolution mask.
@@ -1349,29 +1398,45 @@ def predict_slide(
     ----------
     slide : SlideReader or path
         The slide (a path is opened and closed here).
-    predictor : Predictor
+    model : Predictor
         ``(n, t, t, 3) uint8 -> (n, t, t)`` probabilities in ``[0, 1]``, with
-        ``t = config.tile_size``; for example ``GlomUNet.predict``.
+        ``t`` the tile size; for example a :class:`glomseg.GlomUNet`. Where it
+        has them, its ``config`` (``input_size``, ``pixel_size_um``,
+        ``downsample``) sets the tile size and downsample that ``config`` leaves
+        ``None`` (see :func:`glomseg.resolve_scale`), and its
+        ``stain_normalizer`` normalises each tile.
     out : str or os.PathLike, optional
         The ``.zarr`` folder of the mask; an existing one is replaced when the
         run succeeds. Default: a temporary folder, deleted with the returned
         object.
     config : PredictConfig, optional
-        Tiling, blending, TTA, threshold and background options.
+        Tiling, scale, blending, TTA, threshold and background options.
+    pixel_size_um : float, optional
+        Micrometres per full-resolution pixel of the slide, > 0; default
+        :attr:`SlideReader.pixel_size_um` (from the file's metadata). With the
+        model's pixel size it sets the downsample, unless ``config`` does.
+    stain : bool
+        Pass each tile (after background detection, before TTA) through the
+        stain normaliser's ``transform(image) -> image``; False turns it off.
+    stain_normalizer : object, optional
+        A normaliser to use instead of ``model.stain_normalizer``.
     progress : bool
         Show a tqdm progress bar of tiles on stderr.
 
     Returns
     -------
     SlideMask
-        The mask, with the run's timings in :attr:`SlideMask.stats`.
+        The mask, with the run's timings in :attr:`SlideMask.stats`; its
+        :attr:`~SlideMask.attributes` record the resolved config, the
+        ``downsample`` and the input's ``pixel_size_um``.
 
     Raises
     ------
     SlideReadError
         If the slide cannot be read.
     ValueError, TypeError
-        If the predictor returns the wrong shape or values outside ``[0, 1]``.
+        If the predictor returns the wrong shape or values outside ``[0, 1]``,
+        or a pixel size is not a finite number > 0.
 
     Examples
     --------
@@ -1387,21 +1452,31 @@ def predict_slide(
     ...                      config=PredictConfig(tile_size=64, downsample=2), progress=False)
     >>> mask.shape, mask.stats.tiles, mask.stats.predicted + mask.stats.skipped
     ((300, 400), 12, 12)
+
+    A model trained on 1 um pixels, on this slide scanned at 0.4 um: the
+    downsample is 2.5.
+
+    >>> from types import SimpleNamespace
+    >>> purple.config = SimpleNamespace(input_size=64, pixel_size_um=1.0, downsample=2)
+    >>> mask = predict_slide(slide.path, purple, pixel_size_um=0.4, progress=False)
+    >>> mask.shape, mask.attributes["downsample"], mask.attributes["pixel_size_um"]
+    ((300, 400), 2.5, 0.4)
     """
     cfg = PredictConfig() if config is None else config
     if not isinstance(cfg, PredictConfig):
         raise TypeError(f"config must be a PredictConfig, got {type(cfg).__name__}")
-    if not callable(predictor):
-        raise TypeError(f"predictor must be callable, got {type(predictor).__name__}")
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    normalizer = _stain_normalizer(model, stain, stain_normalizer)
     if isinstance(slide, SlideReader):
         if slide.closed:
             from glomseg.errors import SlideReadError
 
             raise SlideReadError(f"{slide.path}: the reader is closed")
-        return _predict(slide, predictor, out, cfg, progress)
+        return _predict(slide, model, out, cfg, pixel_size_um, normalizer, progress)
     # Bands are read once, top to bottom: a small segment cache suffices.
     with SlideReader(slide, cache_bytes=_CACHE_BYTES) as reader:
-        return _predict(reader, predictor, out, cfg, progress)
+        return _predict(reader, model, out, cfg, pixel_size_um, normalizer, progress)
 
 
 def _predict(
@@ -1409,16 +1484,21 @@ def _predict(
     predictor: Predictor,
     out: str | os.PathLike[str] | None,
     cfg: PredictConfig,
+    pixel_size_um: float | None,
+    normalizer: Any,
     progress: bool,
 ) -> SlideMask:
     from tqdm import tqdm
 
     wall = time.perf_counter()
+    if pixel_size_um is None and cfg.downsample is None:
+        pixel_size_um = reader.pixel_size_um
+    tile_size, ds = resolve_scale(predictor, pixel_size_um, config=cfg)
+    cfg = replace(cfg, tile_size=tile_size, downsample=ds)
     full_shape = reader.shape
-    ds = cfg.downsample
     stitcher = BandStitcher(
         prediction_shape(full_shape, ds),
-        cfg.tile_size,
+        tile_size,
         cfg.grid_stride,
         edge=cfg.edge,
         blending=cfg.blending,
@@ -1426,16 +1506,18 @@ def _predict(
     stats = PredictionStats(tiles=math.prod(stitcher.grid_shape))
     temporary = out is None
     target = Path(tempfile.mkdtemp(prefix="glomseg-")) / "mask.zarr" if out is None else Path(out)
-    model: Predictor = flip_tta(predictor) if cfg.tta else predictor
+    model = _tile_model(predictor, normalizer, cfg.tta)
     attributes = {
         "source": str(reader.path),
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        "downsample": ds,
+        "pixel_size_um": pixel_size_um,
     }
     logger.info(
-        "predicting %s: %d tiles of %d px at downsample %d, band of %.0f MB",
+        "predicting %s: %d tiles of %d px at downsample %g, band of %.0f MB",
         reader.path,
         stats.tiles,
-        cfg.tile_size,
+        tile_size,
         ds,
         stitcher.band_bytes / 1e6,
     )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +239,8 @@ class SlideReader:
         self._levels: list[_Level] = []
         self._layout = ""
         self._lock = threading.RLock()
+        self._pixel_size: float | None = None
+        self._pixel_size_read = False
         self._open()
 
     # -- opening ----------------------------------------------------------
@@ -439,6 +443,81 @@ class SlideReader:
         return self._layout
 
     @property
+    def pixel_size_um(self) -> float | None:
+        """The full-resolution pixel size in micrometres per pixel, or ``None`` if unknown.
+
+        Read, in this order, from OME-XML ``PhysicalSizeX``/``PhysicalSizeY``
+        (with their units, default µm), an Aperio ImageDescription's
+        ``MPP = ...``, ImageJ metadata with ``unit=um`` (or micron), and the
+        TIFF ``XResolution``/``YResolution`` tags with ``ResolutionUnit`` inch
+        or centimetre (unit "none" means unknown, and so does a pixel over
+        10 um from these tags: that is an image program's dots-per-inch default,
+        such as 72 dpi, not a scan). Plain JPEG/PNG images give ``None``. When
+        the two axes differ by more than 1 % a ``UserWarning`` naming the file
+        is emitted and their mean is returned.
+
+        Examples
+        --------
+        >>> import numpy as np, tifffile
+        >>> from glomseg import SlideReader
+        >>> path = getfixture("tmp_path") / "scanned.tif"
+        >>> rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+        >>> tifffile.imwrite(path, rgb, resolution=(20000, 20000), resolutionunit="CENTIMETER")
+        >>> with SlideReader(path) as slide:
+        ...     print(slide.pixel_size_um)  # 20000 pixels per cm
+        0.5
+        """
+        if not self._levels:
+            raise SlideReadError(f"{self._path}: the reader is closed")
+        if not self._pixel_size_read:
+            self._pixel_size = self._find_pixel_size()
+            self._pixel_size_read = True
+        return self._pixel_size
+
+    def _find_pixel_size(self) -> float | None:
+        tif = self._tif
+        if tif is None or not self._levels[0].planes:
+            return None
+        page = self._levels[0].planes[0].page
+        found: tuple[str, float | None, float | None] | None = None
+        if tif.is_ome and tif.ome_metadata:
+            found = ("OME-XML", *_ome_pixel_size(tif.ome_metadata))
+        if (found is None or found[1] is None) and str(page.description).startswith("Aperio"):
+            match = re.search(r"\bMPP\s*=\s*([-+0-9.eE]+)", page.description)
+            if match:
+                mpp = _finite_float(match.group(1))
+                found = ("Aperio MPP", mpp, mpp)
+        if (found is None or found[1] is None) and tif.is_imagej:
+            unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
+            if unit in ("um", "micron", "microns", "\u00b5m", "\\u00B5m"):
+                found = ("ImageJ", *_resolution_size(page, 1.0))
+        if found is None or found[1] is None:
+            unit_tag = page.tags.get("ResolutionUnit")
+            code = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
+            per_unit = {2: 25400.0, 3: 10000.0}.get(code)
+            found = ("TIFF resolution tags", *_resolution_size(page, per_unit))
+        source, x, y = found
+        if x is None or y is None:
+            return None
+        if source == "TIFF resolution tags" and max(x, y) > _MAX_TAG_PIXEL_SIZE_UM:
+            logger.info(
+                "%s: ignoring the resolution tags (%g um a pixel: a dpi default, not a scan)",
+                self._path,
+                max(x, y),
+            )
+            return None
+        if abs(x - y) > 0.01 * max(x, y):
+            warnings.warn(
+                f"{self._path}: pixel width {x:g} um and height {y:g} um differ by more than "
+                f"1 % ({source}); using their mean {(x + y) / 2:g} um",
+                UserWarning,
+                stacklevel=3,
+            )
+        size = (x + y) / 2
+        logger.debug("%s: pixel size %g um from %s", self._path, size, source)
+        return size
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._tif is None and self._image is None and not self._levels
@@ -579,10 +658,7 @@ class SlideReader:
         self, window: Window, inside: Window, target: tuple[int, int], fill: int
     ) -> NDArray[np.uint8]:
         wanted = min(window.height / target[0], window.width / target[1])
-        level_index = 0
-        for i, level in enumerate(self._levels):
-            if level.downsample <= wanted * (1 + 1e-3):
-                level_index = i
+        level_index = self._level_for(wanted)
         level = self._levels[level_index]
         # The window in the level's pixel grid (the part outside the slide kept as margin).
         if level_index:
@@ -595,26 +671,48 @@ class SlideReader:
         ds = level.downsample
         rows = _area_matrix(
             lw.height, target[0], window.row / ds - lw.row, window.row_stop / ds - lw.row
-        ).tocsc()
+        )
         cols = _area_matrix(
             lw.width, target[1], window.col / ds - lw.col, window.col_stop / ds - lw.col
         )
-        out = np.zeros((target[0], target[1] * 3), dtype=np.float32)
-        band = max(1, _BAND_BYTES // (lw.width * 3 * 4))
-        for start in range(lw.row, lw.row_stop, band):
-            stop = min(start + band, lw.row_stop)
-            block = np.full((stop - start, lw.width, 3), fill, dtype=np.uint8)
-            src = lin.intersection(Window.from_bounds(start, lw.col, stop, lw.col_stop))
-            if src is not None:
-                dst = src.relative_to(Window(start, lw.col, stop - start, lw.width))
-                self._read_level(level_index, src, block[dst.to_slices()])
-            # Average along columns, then add this band's share of each output row.
-            flat = block.transpose(1, 0, 2).reshape(lw.width, -1).astype(np.float32)
-            narrowed = np.asarray(cols @ flat).reshape(target[1], stop - start, 3)
-            narrowed = narrowed.transpose(1, 0, 2).reshape(stop - start, -1)
-            out += np.asarray(rows[:, start - lw.row : stop - lw.row] @ narrowed)
-        result: NDArray[np.uint8] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        return result.reshape(target[0], target[1], 3)
+        return _area_average(self._level_reader(level_index), lw, lin, rows, cols, fill)
+
+    def _read_area(
+        self, rows: NDArray[np.float64], cols: NDArray[np.float64], *, fill: int = 255
+    ) -> NDArray[np.uint8]:
+        """Area-average the slide over the cells of a rectilinear grid of fractional edges.
+
+        ``rows`` and ``cols`` are increasing cell edges in full-resolution pixels
+        (``n + 1`` each); the result is ``uint8`` of shape ``(len(rows) - 1,
+        len(cols) - 1, 3)``, each pixel the exact area average of its cell, with
+        pixels outside the slide counting as ``fill``. It reads from the coarsest
+        pyramid level whose downsample does not exceed the cells' height, like
+        :meth:`read`. From full resolution a cell's value does not depend on the
+        other cells asked for (see :func:`_grid_average`).
+        """
+        if not self._levels:
+            raise SlideReadError(f"{self._path}: the reader is closed")
+        wanted = float(rows[-1] - rows[0]) / max(1, len(rows) - 1)
+        level_index = self._level_for(wanted)
+        level = self._levels[level_index]
+        if level_index:
+            rows, cols = rows / level.downsample, cols / level.downsample
+        read = self._level_reader(level_index)
+        return _grid_average(read, (level.height, level.width), rows, cols, fill)
+
+    def _level_for(self, wanted: float) -> int:
+        """The coarsest level whose downsample does not exceed ``wanted`` (0 if none)."""
+        level_index = 0
+        for i, level in enumerate(self._levels):
+            if level.downsample <= wanted * (1 + 1e-3):
+                level_index = i
+        return level_index
+
+    def _level_reader(self, level_index: int) -> Callable[[Window, NDArray[np.uint8]], None]:
+        def read(window: Window, out: NDArray[np.uint8]) -> None:
+            self._read_level(level_index, window, out)
+
+        return read
 
     def _read_level(self, level_index: int, window: Window, out: NDArray[np.uint8]) -> None:
         """Decode ``window`` (inside level ``level_index``) into ``out`` as uint8 RGB."""
@@ -745,11 +843,17 @@ def _area_matrix(n_in: int, n_out: int, start: float = 0.0, stop: float | None =
     into ``n_out`` equal parts; each input pixel contributes the share of it
     that lies in an output's part.
     """
-    from scipy.sparse import csr_matrix
-
     stop = float(n_in) if stop is None else stop
     step = (stop - start) / n_out
-    edges = np.clip(start + np.arange(n_out + 1, dtype=np.float64) * step, 0.0, n_in)
+    return _edges_matrix(n_in, start + np.arange(n_out + 1, dtype=np.float64) * step)
+
+
+def _edges_matrix(n_in: int, edges: NDArray[np.float64]) -> Any:
+    """Sparse ``(len(edges) - 1, n_in)`` area-averaging matrix of output cells ``[e_i, e_i+1)``."""
+    from scipy.sparse import csr_matrix
+
+    n_out = len(edges) - 1
+    edges = np.clip(edges, 0.0, n_in)
     first = np.minimum(np.floor(edges[:-1]).astype(np.int64), n_in - 1)
     last = np.minimum(np.ceil(edges[1:]).astype(np.int64), n_in)
     counts = last - first
@@ -762,6 +866,137 @@ def _area_matrix(n_in: int, n_out: int, start: float = 0.0, stop: float | None =
     weights = np.clip(hi - lo, 0.0, None)
     weights /= np.add.reduceat(weights, np.cumsum(counts) - counts)[out_index]
     return csr_matrix((weights.astype(np.float32), (out_index, in_index)), shape=(n_out, n_in))
+
+
+def _area_average(
+    read: Callable[[Window, NDArray[np.uint8]], None],
+    window: Window,
+    inside: Window | None,
+    rows: Any,
+    cols: Any,
+    fill: int,
+) -> NDArray[np.uint8]:
+    """Apply area matrices to a source window, band by band of its rows.
+
+    ``rows`` and ``cols`` are ``(n, window.height)`` and ``(m, window.width)``
+    matrices (:func:`_area_matrix`); ``read(src, out)`` decodes the part
+    ``src`` of ``inside`` (the readable part of ``window``) into ``out``; the
+    rest of the window counts as ``fill``. Memory: the output plus one band.
+    """
+    rows = rows.tocsc()
+    target = (rows.shape[0], cols.shape[0])
+    out = np.zeros((target[0], target[1] * 3), dtype=np.float32)
+    band = max(1, _BAND_BYTES // (window.width * 3 * 4))
+    for start in range(window.row, window.row_stop, band):
+        stop = min(start + band, window.row_stop)
+        block = np.full((stop - start, window.width, 3), fill, dtype=np.uint8)
+        here = Window.from_bounds(start, window.col, stop, window.col_stop)
+        src = None if inside is None else inside.intersection(here)
+        if src is not None:
+            read(src, block[src.relative_to(here).to_slices()])
+        # Average along columns, then add this band's share of each output row.
+        flat = block.transpose(1, 0, 2).reshape(window.width, -1).astype(np.float32)
+        narrowed = np.asarray(cols @ flat).reshape(target[1], stop - start, 3)
+        narrowed = narrowed.transpose(1, 0, 2).reshape(stop - start, -1)
+        out += np.asarray(rows[:, start - window.row : stop - window.row] @ narrowed)
+    result: NDArray[np.uint8] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return result.reshape(target[0], target[1], 3)
+
+
+def _grid_average(
+    read: Callable[[Window, NDArray[np.uint8]], None],
+    shape: tuple[int, int],
+    rows: NDArray[np.float64],
+    cols: NDArray[np.float64],
+    fill: int = 255,
+) -> NDArray[np.uint8]:
+    """Exact area average of a source of ``shape`` over grid cells with fractional edges.
+
+    ``rows`` and ``cols`` are increasing cell edges in source pixels (``n + 1``
+    each); ``read(window, out)`` decodes a window inside ``shape`` into ``out``,
+    and source pixels outside ``shape`` count as ``fill``. Output rows are made
+    in groups that each read one band of about ``_BAND_BYTES``, every row from a
+    single pass, and edges are only ever shifted by whole pixels (exact in
+    floating point): so a row's value does not depend on which other rows are
+    asked for at once, and a slide read in bands equals an image resampled whole.
+    """
+    c0, c1 = math.floor(cols[0]), math.ceil(cols[-1])
+    col_matrix = _edges_matrix(c1 - c0, cols - c0)
+    budget = max(1, _BAND_BYTES // ((c1 - c0) * 3 * 4))
+    n = len(rows) - 1
+    out = np.empty((n, len(cols) - 1, 3), dtype=np.uint8)
+    i = 0
+    while i < n:
+        r0 = math.floor(rows[i])
+        j = int(np.searchsorted(rows, r0 + budget, side="right")) - 1
+        j = min(max(j, i + 1), n)
+        window = Window.from_bounds(r0, c0, math.ceil(rows[j]), c1)
+        row_matrix = _edges_matrix(window.height, rows[i : j + 1] - r0)
+        out[i:j] = _area_average(read, window, window.clip(shape), row_matrix, col_matrix, fill)
+        i = j
+    return out
+
+
+#: Pixel sizes above this from plain TIFF resolution tags are the dots-per-inch defaults of
+#: image software (72 dpi is 353 um a pixel, 300 dpi 85 um), not a microscope's: unknown.
+_MAX_TAG_PIXEL_SIZE_UM = 10.0
+#: Micrometres per unit of OME ``PhysicalSize*Unit`` values.
+_OME_UNITS = {
+    "µm": 1.0,
+    "\u03bcm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
+def _finite_float(text: object) -> float | None:
+    """``text`` as a finite positive float, else ``None``."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _ome_pixel_size(xml: str) -> tuple[float | None, float | None]:
+    """``(x, y)`` µm of the first image's ``Pixels`` in OME-XML (``None`` where absent)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return (None, None)
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return (None, None)
+    sizes = []
+    for axis in ("X", "Y"):
+        value = _finite_float(pixels.get(f"PhysicalSize{axis}"))
+        scale = _OME_UNITS.get(pixels.get(f"PhysicalSize{axis}Unit", "µm").strip())
+        sizes.append(None if value is None or scale is None else value * scale)
+    return (sizes[0], sizes[1])
+
+
+def _resolution_size(page: Any, per_unit: float | None) -> tuple[float | None, float | None]:
+    """``(x, y)`` µm from a page's X/YResolution (pixels per unit of ``per_unit`` µm)."""
+    if per_unit is None:
+        return (None, None)
+    sizes = []
+    for tag in ("XResolution", "YResolution"):
+        value = page.tags.get(tag)
+        if value is None:
+            return (None, None)
+        number = value.value
+        ratio = number[0] / number[1] if isinstance(number, tuple) and number[1] else number
+        pixels = _finite_float(ratio)
+        sizes.append(None if pixels is None else per_unit / pixels)
+    return (sizes[0], sizes[1])
 
 
 def _to_rgb8(raw: NDArray[Any], name: str) -> NDArray[np.uint8]:

@@ -38,6 +38,7 @@ the rows above the current grid row are final and are handed out by
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -93,6 +94,11 @@ class Predictor(Protocol):
     def __call__(self, batch: NDArray[np.uint8], /) -> NDArray[np.floating[Any]]:
         """Return the probabilities of a batch of tiles."""
         ...
+
+
+def _default_stride(tile_size: int) -> int:
+    """The default grid step of a tile side: ``tile_size * 3 // 4``, a quarter overlap (>= 1)."""
+    return max(1, tile_size * 3 // 4)
 
 
 def _positive(name: str, value: object) -> int:
@@ -505,7 +511,8 @@ def sliding_window_predict(
     tile_size : int
         Tile side in pixels.
     stride : int, optional
-        Grid step, ``<= tile_size``; default ``tile_size // 2``.
+        Grid step, ``<= tile_size``; default ``tile_size * 3 // 4`` (a quarter
+        overlap), as in :class:`glomseg.PredictConfig`.
     edge : {"shift", "pad"}
         Where the last tile along an axis goes; parts of tiles past the image
         (always with ``"pad"``, and with ``"shift"`` when the image is smaller
@@ -543,7 +550,7 @@ def sliding_window_predict(
             f"image must be uint8 of shape (H, W, 3), got {array.dtype} of shape {array.shape}"
         )
     tile_size = _positive("tile_size", tile_size)
-    stride = max(1, tile_size // 2) if stride is None else stride
+    stride = _default_stride(tile_size) if stride is None else stride
     batch_size = _positive("batch_size", batch_size)
     if isinstance(fill, bool) or not isinstance(fill, int | np.integer) or not 0 <= fill <= 255:
         raise ValueError(f"fill must be in [0, 255], got {fill!r}")
@@ -592,15 +599,25 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def prediction_shape(shape: tuple[int, int], downsample: int) -> tuple[int, int]:
+def prediction_shape(shape: tuple[int, int], downsample: float) -> tuple[int, int]:
     """Shape of a slide of full-resolution ``shape`` at prediction resolution.
 
-    Each prediction pixel covers a ``downsample`` x ``downsample`` block; the
-    last row and column of blocks may reach past the slide.
+    Prediction pixel ``i`` covers full-resolution ``[i * downsample, (i + 1) *
+    downsample)`` along each axis, so the shape is ``ceil(H / downsample)`` by
+    ``ceil(W / downsample)``; the last row and column may reach past the slide.
+    A fractional ``downsample`` is allowed (a quotient within 1e-9 of a whole
+    number counts as that number, so no prediction pixel lies wholly outside).
 
     Examples
     --------
     >>> prediction_shape((31299, 44066), 2)
     (15650, 22033)
+    >>> prediction_shape((100, 7), 2.5), prediction_shape((3, 4), 0.5)
+    ((40, 3), (6, 8))
     """
-    return (_ceil_div(shape[0], downsample), _ceil_div(shape[1], downsample))
+    if isinstance(downsample, int):
+        return (_ceil_div(shape[0], downsample), _ceil_div(shape[1], downsample))
+    return (
+        max(1, math.ceil(shape[0] / downsample - 1e-9)),
+        max(1, math.ceil(shape[1] / downsample - 1e-9)),
+    )
