@@ -17,18 +17,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from glomseg import MANIFEST_COLUMNS, tile_name
+from glomseg._datasets import make_datasets, split_tiles
+from glomseg._losses import bce_dice_loss, dice_loss, dice_metric
 from glomseg._metrics import dice_coefficient, soft_dice
-from glomseg._model import (
-    GlomUNet,
-    ModelConfig,
-    PretrainedWeightsError,
-    _import_tf,
-    bce_dice_loss,
-    dice_loss,
-    dice_metric,
-    make_datasets,
-    split_tiles,
-)
+from glomseg._model import GlomUNet, ModelConfig, PretrainedWeightsError
+from glomseg._tf import import_tf as _import_tf
 from glomseg.errors import DatasetError, GlomsegError
 
 HAS_TF = all(
@@ -275,7 +268,7 @@ def test_tf_dice_equals_numpy_dice(shape_seed: tuple[int, int, int, int], densit
     expected = [dice_coefficient(p > 0.5, t) for p, t in zip(probs, truth, strict=True)]
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-7)
     # the soft Dice without smoothing is the numpy soft_dice, per image
-    from glomseg._model import _soft_dice
+    from glomseg._losses import _soft_dice
 
     soft = np.asarray(_soft_dice(truth.astype(np.float32), probs, 0.0))
     np.testing.assert_allclose(
