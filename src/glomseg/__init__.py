@@ -19,6 +19,8 @@ from glomseg._annotations import (
     read_annotations,
     write_annotations,
 )
+from glomseg._augment import Augmentation
+from glomseg._datasets import SplitName, TileRecord, make_datasets, read_records, split_tiles
 from glomseg._export import (
     MANIFEST_COLUMNS,
     ExportSummary,
@@ -38,20 +40,17 @@ from glomseg._filtering import (
     tile_stats,
     tissue_pixels,
 )
-from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
-from glomseg._model import (
+from glomseg._losses import (
     LOSS_SMOOTH,
-    GlomUNet,
     LossName,
-    ModelConfig,
-    SplitName,
-    TileRecord,
     bce_dice_loss,
+    bce_lovasz_loss,
     dice_loss,
     dice_metric,
-    make_datasets,
-    split_tiles,
+    lovasz_hinge_loss,
 )
+from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
+from glomseg._model import GlomUNet, ModelConfig, ScheduleName
 from glomseg._predict import (
     DiceReport,
     MaskLike,
@@ -73,7 +72,19 @@ from glomseg._rasterize import (
     mask_to_polygons,
 )
 from glomseg._reader import SlideReader
+from glomseg._recipe import TrainingRecipe
 from glomseg._rle import read_submission, rle_decode, rle_encode, write_submission
+from glomseg._sampling import CropSampler, load_training_images, make_crop_dataset
+from glomseg._scale import predict_image, resolve_scale
+from glomseg._stain import (
+    MIN_STAIN_PIXELS,
+    MacenkoNormalizer,
+    ReinhardNormalizer,
+    StainMethod,
+    StainNormalizer,
+    fit_stain_normalizer,
+    normalizer_from_dict,
+)
 from glomseg._stitch import (
     BandStitcher,
     Blending,
@@ -110,10 +121,12 @@ __all__ = [
     "Annotation",
     "AnnotationError",
     "AnnotationWarning",
+    "Augmentation",
     "BOUNDARY_TOLERANCE",
     "BandStitcher",
     "Blending",
     "CoverageBand",
+    "CropSampler",
     "DEFAULT_MIN_AREA",
     "DEFAULT_SPECK_AREA",
     "DatasetError",
@@ -129,6 +142,8 @@ __all__ = [
     "LOSS_SMOOTH",
     "LossName",
     "MANIFEST_COLUMNS",
+    "MIN_STAIN_PIXELS",
+    "MacenkoNormalizer",
     "MaskLike",
     "MaskRasterizer",
     "MinTissue",
@@ -139,12 +154,16 @@ __all__ = [
     "PredictionStats",
     "Predictor",
     "PretrainedWeightsError",
+    "ReinhardNormalizer",
+    "ScheduleName",
     "SlideDice",
     "SlideMask",
     "SlideReadError",
     "SlideReader",
     "SlideSource",
     "SplitName",
+    "StainMethod",
+    "StainNormalizer",
     "Tile",
     "TileFilter",
     "TileKey",
@@ -152,30 +171,40 @@ __all__ = [
     "TileRecord",
     "TileStats",
     "Tiler",
+    "TrainingRecipe",
     "Window",
     "WindowError",
     "__version__",
     "annotations_outside",
     "as_polygonal",
     "bce_dice_loss",
+    "bce_lovasz_loss",
     "dice_coefficient",
     "dice_loss",
     "dice_metric",
     "evaluate_slide",
     "evaluate_slides",
     "export_tiles",
+    "fit_stain_normalizer",
     "flip_tta",
+    "load_training_images",
+    "lovasz_hinge_loss",
+    "make_crop_dataset",
     "make_datasets",
     "mask_to_annotations",
     "mask_to_polygons",
     "mean_dice",
+    "normalizer_from_dict",
     "parse_annotations",
     "parse_tile_name",
     "patchify_tiles",
+    "predict_image",
     "predict_slide",
     "read_annotations",
     "read_manifest",
+    "read_records",
     "read_submission",
+    "resolve_scale",
     "rle_decode",
     "rle_encode",
     "sliding_window_predict",
