@@ -481,7 +481,7 @@ class _FakeKerasUtils:
 def test_imagenet_cache_is_never_revalidated_over_the_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from glomseg._model import _no_downloads
+    from glomseg._weights import no_downloads as _no_downloads
 
     monkeypatch.setenv("HOME", str(tmp_path))
     cache = tmp_path / ".keras" / "models"

@@ -113,7 +113,7 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
 
 @needs_tf
 def test_ema_averages_every_weight_with_a_warm_up() -> None:
-    from glomseg._model import _ema_callback
+    from glomseg._optim import ema_callback as _ema_callback
     from glomseg._tf import import_tf
 
     tf, keras, _ = import_tf()

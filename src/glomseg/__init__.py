@@ -64,6 +64,7 @@ from glomseg._predict import (
     write_overlay,
     write_submission_csv,
 )
+from glomseg._pretrained import ModelCard, available_models
 from glomseg._rasterize import (
     BOUNDARY_TOLERANCE,
     DEFAULT_SPECK_AREA,
@@ -147,6 +148,7 @@ __all__ = [
     "MaskLike",
     "MaskRasterizer",
     "MinTissue",
+    "ModelCard",
     "ModelConfig",
     "NotBlank",
     "PolygonalGeometry",
@@ -177,6 +179,7 @@ __all__ = [
     "__version__",
     "annotations_outside",
     "as_polygonal",
+    "available_models",
     "bce_dice_loss",
     "bce_lovasz_loss",
     "dice_coefficient",

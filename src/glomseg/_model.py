@@ -32,26 +32,29 @@ batches; bit-identical training additionally needs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from glomseg._files import atomic_path
 from glomseg._losses import LOSSES, LossName, custom_objects, dice_metric, loss_function
+from glomseg._optim import cosine_schedule, ema_callback
 from glomseg._tf import import_tf as _import_tf
-from glomseg.errors import GlomsegError, PretrainedWeightsError, look_up_option
+from glomseg._weights import load_encoder_weights, no_downloads
+from glomseg.errors import PretrainedWeightsError, look_up_option
+
+if TYPE_CHECKING:
+    from glomseg._pretrained import ModelCard
 
 __all__ = ["GlomUNet", "ModelConfig", "PretrainedWeightsError", "ScheduleName"]
 
@@ -217,94 +220,6 @@ def _write_config(config: ModelConfig, path: Path) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-# --------------------------------------------------------------------------- weights
-
-
-def _keras_cache_candidates(fname: str, cache_subdir: str, cache_dir: str | None) -> list[Path]:
-    """Where ``tf_keras.utils.get_file`` looks for an already downloaded file."""
-    base = Path(os.path.expanduser(cache_dir or os.path.join("~", ".keras")))
-    return [base / cache_subdir / fname, Path("/tmp/.keras") / cache_subdir / fname]
-
-
-def _file_matches_hash(path: Path, file_hash: str, algorithm: str) -> bool:
-    """Whether ``path`` has the hash ``get_file`` would check (md5 or sha256, as Keras picks)."""
-    if algorithm == "auto":
-        algorithm = "sha256" if len(file_hash) == 64 else "md5"
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == file_hash
-
-
-@contextlib.contextmanager
-def _no_downloads(utils: Any, backbone: str) -> Iterator[None]:
-    """Let ``utils.get_file`` return cached files only; a missing file raises our error."""
-    original = utils.get_file
-
-    def cached_only(fname: str | None = None, origin: str | None = None, **kwargs: Any) -> Any:
-        name = fname or (origin or "").rsplit("/", 1)[-1]
-        subdir = kwargs.get("cache_subdir", "datasets")
-        candidates = _keras_cache_candidates(name, subdir, kwargs.get("cache_dir"))
-        found = next((path for path in candidates if path.is_file()), None)
-        if found is not None:
-            # Return the cached file ourselves: the real get_file looks in one cache
-            # folder only and re-downloads a file whose hash does not match.
-            file_hash = kwargs.get("file_hash")
-            algorithm = str(kwargs.get("hash_algorithm", "auto"))
-            if file_hash is None and kwargs.get("md5_hash") is not None:
-                file_hash, algorithm = kwargs["md5_hash"], "md5"
-            if file_hash and not _file_matches_hash(found, str(file_hash), algorithm):
-                raise PretrainedWeightsError(
-                    f"the cached {backbone} weights file {found} is incomplete or corrupt (its "
-                    f"hash differs from {file_hash}); delete it, download {name} from {origin} "
-                    f"again and pass encoder_weights='/path/to/{name}'"
-                )
-            return str(found)
-        raise PretrainedWeightsError(
-            f"encoder_weights='imagenet' needs the pretrained {backbone} weights file, which "
-            f"cannot be downloaded here: download {name} from {origin} on a machine with "
-            f"network access and pass encoder_weights='/path/to/{name}' "
-            f"(or place it in {candidates[0].parent}/)"
-        )
-
-    utils.get_file = cached_only
-    try:
-        yield
-    finally:
-        utils.get_file = original
-
-
-def _h5_layer_names(path: Path) -> set[str]:
-    import h5py  # type: ignore[import-untyped]
-
-    with h5py.File(path, "r") as handle:
-        group: Any = handle
-        if "layer_names" not in group.attrs and "model_weights" in group:
-            group = group["model_weights"]
-        names = group.attrs.get("layer_names", [])
-        return {n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names}
-
-
-def _load_encoder_weights(model: Any, path: Path) -> int:
-    """Load the layers of ``model`` whose names appear in the ``.h5`` file ``path``."""
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder_weights file not found: {path}")
-    try:
-        in_file = _h5_layer_names(path)
-    except OSError as error:
-        raise GlomsegError(f"encoder_weights must be a Keras .h5 weights file: {path}") from error
-    matching = sum(1 for layer in model.layers if layer.name in in_file and layer.weights)
-    if matching == 0:
-        raise GlomsegError(
-            f"no layer of {path} matches this model's layer names; is it a weights file of "
-            "the same backbone (e.g. <backbone>_imagenet_1000_no_top.h5)?"
-        )
-    model.load_weights(str(path), by_name=True, skip_mismatch=True)
-    logger.info("loaded %d layers' weights from %s", matching, path)
-    return matching
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -327,83 +242,6 @@ def _compile(keras: Any, model: Any, config: ModelConfig, learning_rate: Any) ->
         loss=loss_function(config.loss),
         metrics=[dice_metric],
     )
-
-
-def _cosine_schedule(keras: Any, peak: float, total_steps: int, warmup_steps: int) -> Any:
-    """Linear warm-up from ``peak / 100`` to ``peak``, then cosine decay to ``peak / 100``."""
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=peak / 100 if warmup_steps else peak,
-        decay_steps=max(1, total_steps - warmup_steps),
-        alpha=0.01,
-        warmup_target=peak if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-
-
-def _ema_callback(keras: Any, tf: Any, momentum: float) -> Any:
-    """A callback keeping an exponential moving average of all the model's weights.
-
-    The average (trainable weights and batch-norm statistics alike) is updated
-    after every training step with momentum ``min(momentum, (1 + t) / (10 + t))``
-    at step ``t``, so the first steps do not anchor it to the random start. It is
-    swapped in for validation and for the callbacks that follow it at the end of
-    each epoch (checkpoints then save it), and it replaces the weights when
-    training ends.
-    """
-
-    class ExponentialMovingAverage(keras.callbacks.Callback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.shadow: list[Any] = []
-            self.backup: list[NDArray[Any]] | None = None
-            self.step = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            self.shadow = [
-                tf.Variable(w, trainable=False, dtype=w.dtype) for w in self.model.weights
-            ]
-            self.update = tf.function(self._update)
-
-        def _update(self) -> None:
-            t = self.step
-            m = tf.minimum(tf.constant(momentum, tf.float32), (1.0 + t) / (10.0 + t))
-            for average, weight in zip(self.shadow, self.model.weights, strict=True):
-                mix = tf.cast(m, average.dtype)
-                average.assign(mix * average + (1.0 - mix) * weight)
-            self.step.assign_add(1.0)
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.update()
-
-        def swap_in(self) -> None:
-            if self.backup is None:
-                self.backup = [w.numpy() for w in self.model.weights]
-                for weight, average in zip(self.model.weights, self.shadow, strict=True):
-                    weight.assign(average)
-
-        def swap_out(self) -> None:
-            if self.backup is not None:
-                for weight, saved in zip(self.model.weights, self.backup, strict=True):
-                    weight.assign(saved)
-                self.backup = None
-
-        def on_test_begin(self, logs: Any = None) -> None:
-            self.swap_in()
-
-        def on_test_end(self, logs: Any = None) -> None:
-            self.swap_out()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            self.swap_in()
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.swap_out()
-
-        def on_train_end(self, logs: Any = None) -> None:
-            self.swap_in()
-            self.backup = None  # keep the average
-
-    return ExponentialMovingAverage()
 
 
 # --------------------------------------------------------------------------- model
@@ -488,6 +326,60 @@ class GlomUNet:
         self._config = config
         self._model = self._build(config)
         self._preprocess = self._preprocessing(config.backbone)
+        self._card: ModelCard | None = None
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> GlomUNet:
+        """A new model (weights as the configuration says) from a :class:`ModelConfig`."""
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(**values)
+
+    @classmethod
+    def pretrained(cls, name: str | None = None) -> GlomUNet:
+        """The glomerulus model shipped with glomseg, loaded offline from package data.
+
+        Its configuration carries its pixel size, input size, downsample and
+        stain normaliser, so ``predict_slide(slide, GlomUNet.pretrained())`` and
+        ``predict_image(image, GlomUNet.pretrained(), pixel_size_um=...)`` need
+        no other argument. Its :attr:`card` says how it was trained and how good
+        it is; ``docs/model_card.rst`` shows it.
+
+        Parameters
+        ----------
+        name : str, optional
+            One of :func:`glomseg.available_models`; default ``"glomeruli-pas"``.
+
+        Returns
+        -------
+        GlomUNet
+
+        Raises
+        ------
+        ValueError
+            If there is no model of that name (the message lists the available ones).
+        PretrainedWeightsError
+            If the model's files are missing or corrupt.
+
+        Examples
+        --------
+        >>> model = GlomUNet.pretrained()
+        >>> model.card.name, model.config.input_size, model.config.pixel_size_um
+        ('glomeruli-pas', 256, 1.96)
+        >>> GlomUNet.pretrained("glomeruli-hne")
+        Traceback (most recent call last):
+        ...
+        ValueError: no pretrained model named 'glomeruli-hne'; available: glomeruli-pas
+        """
+        from glomseg._pretrained import load_pretrained
+
+        return load_pretrained(name)
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The :class:`glomseg.ModelCard` of a pretrained model, else None."""
+        return self._card
 
     # ---- construction
 
@@ -516,12 +408,12 @@ class GlomUNet:
                 "decoder_filters": config.decoder_filters,
             }
             if weights == "imagenet":
-                with _no_downloads(sm._KERAS_UTILS, config.backbone):
+                with no_downloads(sm._KERAS_UTILS, config.backbone):
                     model = sm.Unet(config.backbone, encoder_weights="imagenet", **kwargs)
             else:
                 model = sm.Unet(config.backbone, encoder_weights=None, **kwargs)
                 if weights is not None:
-                    _load_encoder_weights(model, Path(weights))
+                    load_encoder_weights(model, Path(weights))
             if config.bn_momentum is not None:
                 for layer in model.layers:
                     if isinstance(layer, keras.layers.BatchNormalization):
@@ -713,12 +605,12 @@ class GlomUNet:
             if steps_per_epoch is None:
                 raise ValueError("schedule='cosine' needs steps_per_epoch (its length in steps)")
             total = epochs * steps_per_epoch
-            rate = _cosine_schedule(keras, self._config.learning_rate, total, warmup_steps)
+            rate = cosine_schedule(keras, self._config.learning_rate, total, warmup_steps)
             _compile(keras, self._model, self._config, rate)
         monitor = "val_dice_metric" if validation is not None else "dice_metric"
         all_callbacks: list[Any] = []
         if ema is not None:  # first, so the callbacks after it see the average
-            all_callbacks.append(_ema_callback(keras, tf, float(ema)))
+            all_callbacks.append(ema_callback(keras, tf, float(ema)))
         if checkpoint_dir is not None:
             directory = Path(checkpoint_dir)
             directory.mkdir(parents=True, exist_ok=True)
@@ -863,6 +755,7 @@ class GlomUNet:
         self._config = config
         self._model = model
         self._preprocess = cls._preprocessing(config.backbone)
+        self._card = None
         return self
 
     def __repr__(self) -> str:
