@@ -1,14 +1,19 @@
 """Step 3: predict whole slides with a trained GlomUNet and write a Kaggle submission.
 
     python examples/predict_slides.py MODEL.h5 SLIDE ... [--out out/predictions]
+        [--pixel-size UM] [--downsample FACTOR]
+    python examples/predict_slides.py pretrained SLIDE ...   # the model shipped with glomseg
 
 For each slide: a full-resolution mask (``<out>/<id>.zarr``, readable window by
 window with :class:`glomseg.SlideMask`), its TIFF copy (``<id>.mask.tif``), an
 overlay PNG, and one row of ``<out>/submission.csv`` (``id,predicted``, Kaggle
-RLE). The tile size is the model's input size; ``--downsample`` must match the
-scale the model was trained at (full-resolution pixels per model pixel; for tiles
-resized by train.py, e.g. the seed's 4000-px windows at 416 px, the nearest whole
-factor, 10).
+RLE). The tile size is the model's input size. The scale comes from the model:
+a model that knows its pixel size (``GlomUNet.pretrained()``, or one trained with
+``pixel_size_um``) resamples each slide to it, taking the slide's pixel size from
+its TIFF/OME metadata or ``--pixel-size``; otherwise the model's recorded
+downsample. ``--downsample`` overrides both (full-resolution pixels per model
+pixel; for tiles resized by train.py, e.g. the seed's 4000-px windows at 416 px,
+about 9.6).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", type=Path, help="a .h5 or .keras file saved by GlomUNet")
+    parser.add_argument(
+        "model", help="a .h5 or .keras file saved by GlomUNet, or 'pretrained' for the shipped one"
+    )
     parser.add_argument("slides", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("out") / "predictions")
-    parser.add_argument("--downsample", type=int, default=2)
+    parser.add_argument("--pixel-size", type=float, default=None, help="um/px of the slides")
+    parser.add_argument("--downsample", type=float, default=None, help="override the scale")
     parser.add_argument("--overlap", type=float, default=0.25, help="share of a tile")
     parser.add_argument("--blending", choices=["gaussian", "mean", "crop"], default="gaussian")
     parser.add_argument("--tta", action="store_true", help="average over flips")
@@ -35,7 +43,7 @@ def main() -> None:
     parser.add_argument("--keep-glass", action="store_true", help="predict background tiles too")
     args = parser.parse_args()
 
-    model = GlomUNet.load(args.model)
+    model = GlomUNet.pretrained() if args.model == "pretrained" else GlomUNet.load(args.model)
     size = model.config.input_size
     config = PredictConfig(
         tile_size=size,
@@ -51,7 +59,9 @@ def main() -> None:
     masks = {}
     for path in args.slides:
         slide_id = path.name.split(".")[0]
-        mask = predict_slide(path, model, args.out / f"{slide_id}.zarr", config=config)
+        mask = predict_slide(
+            path, model, args.out / f"{slide_id}.zarr", config=config, pixel_size_um=args.pixel_size
+        )
         mask.to_tiff(args.out / f"{slide_id}.mask.tif")
         write_overlay(args.out / f"{slide_id}.overlay.png", path, mask, downsample=16)
         masks[slide_id] = mask
