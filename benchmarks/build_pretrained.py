@@ -34,7 +34,9 @@ import numpy as np
 
 from glomseg import (
     GlomUNet,
+    MacenkoNormalizer,
     PredictConfig,
+    ReinhardNormalizer,
     SlideReader,
     TrainingRecipe,
     evaluate_slides,
@@ -52,10 +54,10 @@ LIMITS = (
     "Trained on 66 tiles of one PAS-stained slide of one lab (HuBMAP VAN0013-LK-202-96, "
     "Vanderbilt); validated on 44 other tiles of that same slide. Expect lower Dice on "
     "other slides, labs, scanners and stains.",
-    "Other stains (H&E, Jones, trichrome) are outside its training data: fit a stain "
-    "normaliser (glomseg.ReinhardNormalizer or MacenkoNormalizer) on your images' "
-    "reference and pass it to predict_slide/predict_image, or fine-tune "
-    "(TrainingRecipe.fit) on a few annotated images of yours.",
+    "Other stains (H&E, Jones, trichrome) and labs are outside its training data: attach "
+    "the stain reference of its training images (model.set_stain_normalizer("
+    "normalizer_from_dict(model.card.stain_reference['macenko']))), which maps every tile's "
+    "colours onto them, or fine-tune (TrainingRecipe.fit) on a few annotated images of yours.",
     "Needs the input's pixel size (from TIFF/OME metadata or pixel_size_um=...); without "
     "it, inputs are assumed to be at 0.98 um/px like its training tiles.",
     "The training polygons are coarse hand outlines; boundaries are learned as drawn.",
@@ -118,6 +120,15 @@ def write_docs(card: ModelCard, path: Path) -> None:
         "   mask = predict_image(image, model, pixel_size_um=0.5)",
         "   print(model.card.to_markdown())",
         "",
+        "For another lab's images, map their colours onto the training images' first:",
+        "",
+        ".. code-block:: python",
+        "",
+        "   from glomseg import normalizer_from_dict",
+        "",
+        '   reference = model.card.stain_reference["macenko"]  # or "reinhard"',
+        "   model.set_stain_normalizer(normalizer_from_dict(reference))",
+        "",
         f"- **Training data**: {card.training_data}.",
         f"- **Licence**: {card.licence}",
         f"- **Stain**: {card.stain}",
@@ -175,8 +186,12 @@ def main() -> None:
         data = hubmap.Split(data.train[: args.limit], data.validation[: args.limit])
     recipe = TrainingRecipe(steps=args.steps, seed=args.seed)
     begin = time.perf_counter()
+    images, masks = load_training_images(data.train, downsample=hubmap.DOWNSAMPLE)
+    reference = {
+        "reinhard": ReinhardNormalizer.fit(images).to_dict(),
+        "macenko": MacenkoNormalizer.fit(images).to_dict(),
+    }
     if args.from_model is None:
-        images, masks = load_training_images(data.train, downsample=hubmap.DOWNSAMPLE)
         trained = recipe.train(
             images,
             masks,
@@ -203,10 +218,15 @@ def main() -> None:
             "Weights: MIT, like glomseg. Training data: MIT (c) 2020 CNS Indiana University; "
             "images: HuBMAP public data (see ATTRIBUTION.md beside the weights)."
         ),
-        stain="PAS (periodic acid-Schiff), one lab; trained with HED stain and colour jitter.",
+        stain=(
+            "PAS (periodic acid-Schiff), one lab; trained on raw colours with HED stain and "
+            "colour jitter, so no normaliser is applied by default; stain_reference holds "
+            "Reinhard and Macenko normalisers fitted on its training images."
+        ),
         pixel_size_um=hubmap.PIXEL_SIZE_UM * hubmap.DOWNSAMPLE,
         input_size=recipe.crop_size,
         recipe=recipe.to_dict(),
+        stain_reference=reference,
     )
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(trained, Path(tmp) / args.out.name, card)

@@ -190,4 +190,11 @@ def test_recipe_learns_blobs_and_saves_what_it_learned(tmp_path) -> None:
     assert loaded.config.downsample == 2
     assert loaded.config.decoder_filters == (32, 32, 16, 16, 8)
     assert loaded.stain_normalizer == stain
+    loaded.set_stain_normalizer(None)
+    assert loaded.stain_normalizer is None
+    assert loaded.config.stain is None
+    loaded.set_stain_normalizer(stain.to_dict())
+    assert loaded.stain_normalizer == stain
+    with pytest.raises(TypeError, match="stain must be None, a stain normaliser"):
+        loaded.set_stain_normalizer(42)
     np.testing.assert_allclose(loaded.predict(np.stack(test_images)), probs, atol=1e-5)

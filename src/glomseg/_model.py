@@ -460,6 +460,22 @@ class GlomUNet:
 
         return normalizer_from_dict(dict(self._config.stain))
 
+    def set_stain_normalizer(self, normalizer: Any) -> None:
+        """Store a stain normaliser with the model (None removes it).
+
+        Prediction then applies it to every tile (see :func:`glomseg.predict_slide`),
+        and :meth:`save` keeps it in the configuration. Use it for a model trained
+        on normalised images, or to map another lab's images onto the colours a
+        model was trained on (for the pretrained model, from the reference in its
+        :attr:`card`).
+
+        Parameters
+        ----------
+        normalizer : ReinhardNormalizer, MacenkoNormalizer, dict or None
+            The normaliser, or its ``to_dict()``.
+        """
+        self._config = dataclasses.replace(self._config, stain=_stain_dict(normalizer))
+
     @property
     def keras_model(self) -> Any:
         """The underlying compiled ``tf_keras.Model``."""

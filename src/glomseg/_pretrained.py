@@ -80,6 +80,12 @@ class ModelCard:
         Size of the weights file in megabytes.
     limits : tuple of str
         Known limits.
+    stain_reference : dict
+        Stain normalisers fitted on the training images, by method
+        (``"reinhard"``, ``"macenko"``), as their ``to_dict()``: the colours the
+        model knows. To predict another lab's images, pass one to
+        :meth:`glomseg.GlomUNet.set_stain_normalizer` (see
+        :func:`glomseg.normalizer_from_dict`).
 
     Examples
     --------
@@ -103,6 +109,7 @@ class ModelCard:
     speed: dict[str, Any] = field(default_factory=dict)
     size_mb: float = 0.0
     limits: tuple[str, ...] = ()
+    stain_reference: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits", tuple(self.limits))
