@@ -146,14 +146,14 @@ def write_docs(card: ModelCard, path: Path) -> None:
         "",
         f"{v['images']} {v['what']}, never used for training or for choosing anything:",
         "",
-        "=================  ==================  ================  ==============",
-        "prediction         Dice mean per image  Dice pooled       worst image",
-        "=================  ==================  ================  ==============",
-        f"flip TTA           {v['tta']['mean']:<18.3f}  {v['tta']['pooled']:<16.3f}  "
+        "=================  ====================  ================  ==============",
+        "prediction         Dice mean per image   Dice pooled       worst image",
+        "=================  ====================  ================  ==============",
+        f"flip TTA           {v['tta']['mean']:<20.3f}  {v['tta']['pooled']:<16.3f}  "
         f"{v['tta']['min']:.3f}",
-        f"no TTA             {v['no_tta']['mean']:<18.3f}  {v['no_tta']['pooled']:<16.3f}  "
+        f"no TTA             {v['no_tta']['mean']:<20.3f}  {v['no_tta']['pooled']:<16.3f}  "
         f"{v['no_tta']['min']:.3f}",
-        "=================  ==================  ================  ==============",
+        "=================  ====================  ================  ==============",
         "",
         "Speed",
         "-----",

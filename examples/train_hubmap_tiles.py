@@ -4,9 +4,10 @@
         [--batch-size 8] [--seed 0] [--split-id 250] [--minutes M]
 
 ``--tiles`` (or the environment variable ``GLOMSEG_HUBMAP_TILES``) is a folder of
-1600 x 1200 PAS JPEG tiles of one HuBMAP slide (``van0013_train_<id>.jpg``,
-~0.98 um/px) with their glomerulus polygons (``van0013_train_<id>.json``), for
-example glomseg's ``shared/data/hubmap_tiles``.
+1600 x 1200 PAS tiles of one HuBMAP slide (``van0013_train_<id>.jpg``, or
+``.png``/``.tif``; ~0.98 um/px) with their glomerulus polygons
+(``van0013_train_<id>.json``): the 110 tiles these were drawn from, or the 20 of
+the bundled sample, ``examples/data/sample``.
 
 1. **Split** by source-image id: ids below ``--split-id`` train, the rest
    validate, so no image is on both sides (250 puts 66 images in training, 44 in
@@ -51,6 +52,7 @@ from glomseg import (
 )
 
 PIXEL_SIZE_UM = 0.98  # the tiles at full resolution
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 DOWNSAMPLE = 2
 
 
@@ -97,11 +99,12 @@ def main() -> None:
     parser.add_argument("--split-id", type=int, default=250)
     parser.add_argument("--minutes", type=float, default=None, help="cap on the whole run")
     args = parser.parse_args()
-    if args.tiles is None or not any(Path(args.tiles).glob("*.jpg")):
-        sys.exit(f"--tiles: no *.jpg tiles in {args.tiles} (or set GLOMSEG_HUBMAP_TILES)")
+    paths = sorted(p for p in Path(args.tiles or ".").iterdir() if p.suffix in IMAGE_SUFFIXES)
+    if args.tiles is None or not paths:
+        sys.exit(f"--tiles: no tiles in {args.tiles} (or set GLOMSEG_HUBMAP_TILES)")
     start = time.perf_counter()
 
-    sources = [SlideSource.from_path(p) for p in sorted(Path(args.tiles).glob("*.jpg"))]
+    sources = [SlideSource.from_path(p) for p in paths]
     train = [s for s in sources if source_id(s.slide) < args.split_id]
     validation = [s for s in sources if source_id(s.slide) >= args.split_id]
     images, masks = load_training_images(train, downsample=DOWNSAMPLE)

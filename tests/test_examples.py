@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,47 @@ def test_build_tiles_on_the_bundled_sample(tmp_path):
     # 1200 x 1600 at 4x is 300 x 400: with 200-px tiles, "drop" leaves 1 x 2 tiles a slide
     assert "4 of 4 tiles kept" in result.stdout
     assert (tmp_path / "t" / "images" / "van0013_train_306__r000_c001.png").is_file()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_with_a_short_fine_tune(tmp_path):
+    out = tmp_path / "q"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py"), "--out", str(out), "--steps", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1. pretrained model 'glomeruli-pas'" in result.stdout
+    assert result.stdout.count("mean Dice (the Kaggle score)") == 2
+    assert (out / "submission.csv").read_text().startswith("id,predicted")
+    assert (out / "overview.png").is_file()
+    assert len(list(out.glob("*.predicted.json"))) == 4
+
+
+@pytest.mark.slow
+def test_train_hubmap_tiles_on_the_bundled_sample(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "train_hubmap_tiles.py"),
+            "--tiles",
+            str(EXAMPLES / "data" / "sample"),
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--minutes",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation Dice over" in result.stdout
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["steps_run"] == 4
+    assert 0 <= summary["dice_pooled"] <= 1
+    assert (tmp_path / "m" / "model.h5").is_file()

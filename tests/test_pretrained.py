@@ -63,7 +63,10 @@ def test_the_shipped_model_and_its_card_are_package_data() -> None:
     assert weights.stat().st_size < 40e6
     card = ModelCard.from_dict(json.loads((folder / "card.json").read_text()))
     assert card.validation["images"] == 44
-    assert card.validation["tta"]["mean"] >= 0.85
+    for prediction in ("tta", "no_tta"):
+        scores = card.validation[prediction]
+        assert 0 < scores["min"] <= scores["mean"] <= 1
+        assert 0 < scores["pooled"] <= 1
     assert card.speed["cpu_mpx_per_s"] > 0
     assert (folder / "ATTRIBUTION.md").is_file()
     assert "MIT" in card.licence
@@ -108,8 +111,7 @@ def test_pretrained_loads_offline_from_an_installed_wheel(tmp_path: Path) -> Non
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["card"] == "glomeruli-pas"
     scores = report["scores"]
-    assert np.mean(list(scores.values())) >= 0.85, scores
-    assert min(scores.values()) >= 0.75, scores
+    assert min(scores.values()) >= 0.85, scores
 
 
 @needs_tf
