@@ -145,19 +145,18 @@ def bce_dice_loss(y_true: Any, y_pred: Any) -> Any:
     >>> bool(bce_dice_loss(truth, good)[0] < bce_dice_loss(truth, bad)[0])
     True
     """
+    return _bce_plus(y_true, y_pred, dice_loss)
+
+
+def _bce_plus(y_true: Any, y_pred: Any, region_loss: Callable[[Any, Any], Any]) -> Any:
+    """Mean binary cross-entropy per image plus ``region_loss``, on clipped probabilities."""
     import tensorflow as tf
 
     truth = tf.cast(y_true, tf.float32)
     pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), _EPSILON, 1.0 - _EPSILON)
-    return _binary_cross_entropy(truth, pred) + dice_loss(truth, pred)
-
-
-def _binary_cross_entropy(truth: Any, pred: Any) -> Any:
-    """Mean binary cross-entropy per image; ``pred`` already clipped away from 0 and 1."""
-    import tensorflow as tf
-
     bce = -(truth * tf.math.log(pred) + (1.0 - truth) * tf.math.log(1.0 - pred))
-    return tf.reduce_mean(bce, axis=tf.range(1, tf.rank(bce)))
+    bce = tf.reduce_mean(bce, axis=tf.range(1, tf.rank(bce)))
+    return bce + region_loss(truth, pred)
 
 
 def lovasz_hinge_loss(y_true: Any, y_pred: Any) -> Any:
@@ -232,11 +231,7 @@ def bce_lovasz_loss(y_true: Any, y_pred: Any) -> Any:
     >>> bool(bce_lovasz_loss(truth, good)[0] < bce_lovasz_loss(truth, bad)[0])
     True
     """
-    import tensorflow as tf
-
-    truth = tf.cast(y_true, tf.float32)
-    pred = tf.clip_by_value(tf.cast(y_pred, tf.float32), _EPSILON, 1.0 - _EPSILON)
-    return _binary_cross_entropy(truth, pred) + lovasz_hinge_loss(truth, pred)
+    return _bce_plus(y_true, y_pred, lovasz_hinge_loss)
 
 
 def loss_function(name: LossName) -> Callable[[Any, Any], Any]:
