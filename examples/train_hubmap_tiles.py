@@ -140,8 +140,7 @@ def main() -> None:
         mask = predict_image(image, model, pixel_size_um=PIXEL_SIZE_UM, tta=True)
         predictions[source.slide_id] = (mask, source.annotations)
     report = evaluate_slides(predictions)
-    counts = list(report.per_slide.values())
-    pooled = 2 * sum(c.intersection for c in counts) / sum(c.predicted + c.truth for c in counts)
+    pooled = report.pooled
     print(
         f"trained {done['steps']} of {recipe.steps} steps (batch {recipe.batch_size}) in "
         f"{train_minutes:.1f} min; "

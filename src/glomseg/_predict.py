@@ -912,6 +912,32 @@ class DiceReport:
     per_slide: dict[str, SlideDice] = field(default_factory=dict)
     mean: float = float("nan")
 
+    @property
+    def pooled(self) -> float:
+        """Dice pooled over the pixels of all slides, ``2 sum |P & T| / sum (|P| + |T|)``.
+
+        1.0 when every mask is empty; NaN when there are no slides. Large slides
+        weigh more than small ones, unlike :attr:`mean`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from shapely.geometry import box
+        >>> pred = np.zeros((6, 6), dtype=bool)
+        >>> pred[1:3, 1:5] = True  # 8 pixels, 6 of them in the truth
+        >>> empty = np.zeros((6, 6), dtype=bool)
+        >>> report = evaluate_slides({"a": (pred, [box(1, 1, 3, 2)]), "b": (empty, [])})
+        >>> round(report.mean, 3), round(report.pooled, 3)  # (0.857 + 1) / 2, and 12 / 14
+        (0.929, 0.857)
+        >>> evaluate_slides({"b": (empty, [])}).pooled
+        1.0
+        """
+        if not self.per_slide:
+            return float("nan")
+        scores = self.per_slide.values()
+        total = sum(s.predicted + s.truth for s in scores)
+        return 2 * sum(s.intersection for s in scores) / total if total else 1.0
+
 
 def _rasterizer(truth: object) -> MaskRasterizer:
     if isinstance(truth, MaskRasterizer):
