@@ -86,7 +86,7 @@ def ensure_slide(shape: tuple[int, int]) -> Path:
 
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, float]:
-    from glomseg._predict import PredictConfig, predict_slide
+    from glomseg import PredictConfig, predict_slide
 
     predictor = SleepPredictor(args.latency)
     config = PredictConfig(
@@ -130,7 +130,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, float]:
             "peak_rss_with_exports_mb": peak_rss_mb(),
         }
         if args.dice:
-            from glomseg._predict import evaluate_slide
+            from glomseg import evaluate_slide
 
             begin = time.perf_counter()
             result["dice"] = evaluate_slide(mask, Path(args.slide).with_suffix(".json")).dice

@@ -22,20 +22,18 @@ from scipy.ndimage import uniform_filter
 from shapely.geometry import box
 
 import glomseg._predict as predict_module
+import glomseg._predict_threads as threads_module
+import glomseg._slide_mask as mask_module
 from glomseg import SlideReader, Window, tile_stats, tissue_pixels
 from glomseg._annotations import read_annotations
+from glomseg._evaluate import evaluate_slide, evaluate_slides
 from glomseg._metrics import dice_coefficient
-from glomseg._predict import (
-    PredictConfig,
-    SlideMask,
-    evaluate_slide,
-    evaluate_slides,
-    predict_slide,
-    write_overlay,
-    write_submission_csv,
-)
+from glomseg._overlay import write_overlay
+from glomseg._predict import predict_slide
+from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._rasterize import MaskRasterizer, mask_to_polygons
 from glomseg._rle import read_submission, rle_decode, rle_encode
+from glomseg._slide_mask import SlideMask, write_submission_csv
 from glomseg._stitch import (
     BandStitcher,
     blend_profile,
@@ -506,7 +504,7 @@ def test_a_ragged_predictor_output_is_reported():
 
 def test_the_writer_error_is_raised_even_when_it_dies_between_checks():
     # The writer thread may set its error and stop between send()'s two checks.
-    class Racing(predict_module._MaskWriter):
+    class Racing(threads_module._MaskWriter):
         checks = 0
 
         @property  # type: ignore[override]
@@ -523,7 +521,7 @@ def test_the_writer_error_is_raised_even_when_it_dies_between_checks():
 
     stitcher = BandStitcher((8, 8), 4)
     config = PredictConfig(tile_size=4, downsample=1)
-    writer = Racing(Store(), stitcher, config, (8, 8), predict_module.PredictionStats())  # type: ignore[arg-type]
+    writer = Racing(Store(), stitcher, config, (8, 8), PredictionStats())  # type: ignore[arg-type]
     with pytest.raises(OSError, match="disk full"):
         writer.send(object())
 
@@ -567,12 +565,12 @@ def blob_masks(draw, max_side=48):
 @settings(max_examples=120, deadline=None)
 def test_rle_by_column_bands_equals_rle_encode(mask, band):
     # Force bands of `band` columns on an in-memory mask.
-    old = predict_module._SCAN_BYTES
-    predict_module._SCAN_BYTES = band * mask.shape[0]
+    old = mask_module._SCAN_BYTES
+    mask_module._SCAN_BYTES = band * mask.shape[0]
     try:
-        ours = predict_module._rle_by_column_bands(mask)
+        ours = mask_module._rle_by_column_bands(mask)
     finally:
-        predict_module._SCAN_BYTES = old
+        mask_module._SCAN_BYTES = old
     assert ours == rle_encode(mask)
 
 
@@ -582,7 +580,7 @@ def test_slide_mask_rle_submission_and_tiff_round_trip(tmp_path, monkeypatch):
     mask[:, 33] = True  # a run that crosses column bands
     store = SlideMask.from_array(mask, tmp_path / "m.zarr", chunk_size=16)
     assert store.chunks == (16, 16)
-    monkeypatch.setattr(predict_module, "_SCAN_BYTES", 16 * 70)  # bands of 16 columns
+    monkeypatch.setattr(mask_module, "_SCAN_BYTES", 16 * 70)  # bands of 16 columns
     assert store.rle() == rle_encode(mask)
     assert store.count_nonzero() == mask.sum()
     csv = write_submission_csv(
@@ -604,7 +602,7 @@ def test_slide_mask_rle_submission_and_tiff_round_trip(tmp_path, monkeypatch):
 @settings(max_examples=60, deadline=None)
 def test_windowed_polygons_equal_whole_mask_polygons(mask, window):
     mask = uniform_filter(mask.astype(float), 3) > 0.4  # blobs, not just noise
-    polygons = predict_module._trace(mask, window, 0)
+    polygons = mask_module._trace(mask, window, 0)
     whole = mask_to_polygons(mask, min_area=0)
     assert sorted(p.area for p in polygons) == sorted(p.area for p in whole)
     redrawn = MaskRasterizer(polygons).rasterize(mask.shape) if polygons else 0 * mask

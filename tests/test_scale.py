@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from scipy.ndimage import uniform_filter
 
 from glomseg import SlideReader, Window
-from glomseg._predict import PredictConfig, predict_slide
+from glomseg._predict import predict_slide
+from glomseg._predict_config import PredictConfig
 from glomseg._scale import _centres, _edges, predict_image, resolve_scale
 from glomseg._stitch import grid_origins, prediction_shape, sliding_window_predict
 

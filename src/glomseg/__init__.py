@@ -21,6 +21,7 @@ from glomseg._annotations import (
 )
 from glomseg._augment import Augmentation
 from glomseg._datasets import SplitName, TileRecord, make_datasets, read_records, split_tiles
+from glomseg._evaluate import DiceReport, SlideDice, evaluate_slide, evaluate_slides
 from glomseg._export import (
     MANIFEST_COLUMNS,
     ExportSummary,
@@ -51,19 +52,9 @@ from glomseg._losses import (
 )
 from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
 from glomseg._model import GlomUNet, ModelConfig, ScheduleName
-from glomseg._predict import (
-    DiceReport,
-    MaskLike,
-    PredictConfig,
-    PredictionStats,
-    SlideDice,
-    SlideMask,
-    evaluate_slide,
-    evaluate_slides,
-    predict_slide,
-    write_overlay,
-    write_submission_csv,
-)
+from glomseg._overlay import write_overlay
+from glomseg._predict import predict_slide
+from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._pretrained import ModelCard, available_models
 from glomseg._rasterize import (
     BOUNDARY_TOLERANCE,
@@ -77,6 +68,7 @@ from glomseg._recipe import TrainingRecipe
 from glomseg._rle import read_submission, rle_decode, rle_encode, write_submission
 from glomseg._sampling import CropSampler, load_training_images, make_crop_dataset
 from glomseg._scale import predict_image, resolve_scale
+from glomseg._slide_mask import MaskLike, SlideMask, write_submission_csv
 from glomseg._stain import (
     MIN_STAIN_PIXELS,
     MacenkoNormalizer,

@@ -38,7 +38,7 @@ from glomseg._tiling import _positive_int
 from glomseg._window import Window
 
 if TYPE_CHECKING:
-    from glomseg._predict import PredictConfig
+    from glomseg._predict_config import PredictConfig
 
 __all__ = ["predict_image", "resolve_scale"]
 
@@ -361,7 +361,7 @@ def predict_image(
     >>> mask.shape, int(mask.sum()), bool(mask[10:30, 20:45].all())
     ((50, 70), 500, True)
     """
-    from glomseg._predict import PredictConfig
+    from glomseg._predict_config import PredictConfig
 
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:

@@ -1,0 +1,302 @@
+"""The reader and writer threads of :func:`glomseg.predict_slide`.
+
+The reader thread reads the slide band by band of rows at prediction
+resolution and queues the tiles to predict; the writer thread blends the
+predictions, thresholds the rows no later tile touches, maps them to full
+resolution and writes them to the mask store, in order. See
+:mod:`glomseg._predict` for the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from glomseg._filtering import tissue_pixels
+from glomseg._predict_config import PredictConfig, PredictionStats
+from glomseg._reader import SlideReader
+from glomseg._scale import (
+    _block_mean,
+    _centres,
+    _edges,
+)
+from glomseg._stitch import (
+    BandStitcher,
+)
+from glomseg._window import Window
+
+if TYPE_CHECKING:
+    import zarr
+
+__all__ = []
+
+#: Bytes of full-resolution pixels read from the slide at once by the reader thread.
+_READ_BYTES = 48 * 2**20
+#: Seconds a thread waits on a queue before checking whether it should stop.
+_POLL_S = 0.1
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _put(q: queue.Queue[Any], item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; return whether it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class _TileReader(threading.Thread):
+    """Read the slide band by band at prediction resolution and queue its tiles."""
+
+    def __init__(
+        self,
+        reader: SlideReader,
+        stitcher: BandStitcher,
+        config: PredictConfig,
+        out: queue.Queue[Any],
+        slots: threading.Semaphore,
+        stop: threading.Event,
+        stats: PredictionStats,
+    ) -> None:
+        super().__init__(name="glomseg-tile-reader", daemon=True)
+        self.slots = slots
+        self.reader = reader
+        self.stitcher = stitcher
+        self.config = config
+        self.out = out
+        self.stop = stop
+        self.stats = stats
+        ds = config.downsample
+        assert ds is not None
+        self.downsample = ds
+        levels = reader.level_downsamples[1:]
+        # With a pyramid level at or below the downsample, let the reader resample from it.
+        self.use_reader_resampling = ds > 1 and any(d <= ds * (1 + 1e-3) for d in levels)
+
+    def run(self) -> None:
+        try:
+            self._run()
+            _put(self.out, _END, self.stop)
+        except BaseException as error:  # handed to the calling thread
+            _put(self.out, _Failure(error), self.stop)
+
+    def _load(self, image: NDArray[np.uint8], start: int, stop: int) -> None:
+        """Read prediction rows ``[start, stop)`` into ``image`` (rows relative to ``start``)."""
+        ds = self.downsample
+        width = self.stitcher.shape[1]
+        if not isinstance(ds, int):  # a fractional footprint: exact area average
+            per_row = math.ceil(width * ds + 1) * math.ceil(max(ds, 1.0) + 1) * 3
+            step = max(1, _READ_BYTES // per_row)
+            cols = _edges(0, width, ds)
+            for r in range(start, stop, step):
+                n = min(step, stop - r)
+                block = self.reader._read_area(_edges(r, r + n, ds), cols)
+                image[r - start : r - start + n, :width] = block
+            return
+        per_row = width * ds * ds * 3
+        step = max(1, _READ_BYTES // per_row)
+        for r in range(start, stop, step):
+            n = min(step, stop - r)
+            window = Window(r * ds, 0, n * ds, width * ds)
+            if self.use_reader_resampling:
+                block = self.reader.read(window, out_shape=(n, width))
+            else:
+                block = _block_mean(self.reader.read(window), ds)
+            image[r - start : r - start + n, :width] = block
+
+    def _run(self) -> None:
+        st, cfg = self.stitcher, self.config
+        t = st.tile_size
+        height = st.shape[0]
+        band = np.full((t, st.padded_shape[1], 3), 255, dtype=np.uint8)
+        tissue = np.zeros((t, st.padded_shape[1]), dtype=np.bool_)
+        min_pixels = cfg.min_tissue * t * t
+        top = loaded = 0
+        for i, origin in enumerate(st.row_origins):
+            if self.stop.is_set():
+                return
+            begin = time.perf_counter()
+            shift = origin - top
+            if shift >= t:
+                band[:] = 255
+                tissue[:] = False
+            elif shift:
+                band[: t - shift] = band[shift:]
+                band[t - shift :] = 255
+                tissue[: t - shift] = tissue[shift:]
+                tissue[t - shift :] = False
+            top = origin
+            start, stop = max(loaded, origin), min(origin + t, height)
+            if stop > start:
+                rows = slice(start - origin, stop - origin)
+                self._load(band[rows], start, stop)
+                if cfg.skip_background:
+                    tissue[rows] = tissue_pixels(
+                        band[rows], saturation_threshold=cfg.saturation_threshold
+                    )
+                loaded = stop
+            self.stats.read_s += time.perf_counter() - begin
+            for j, col in enumerate(st.col_origins):
+                begin = time.perf_counter()
+                tile: NDArray[np.uint8] | None = None
+                if (
+                    not cfg.skip_background
+                    or np.count_nonzero(tissue[:, col : col + t]) > min_pixels
+                ):
+                    tile = band[:, col : col + t].copy()  # the band changes later
+                self.stats.read_s += time.perf_counter() - begin
+                # Only tiles to predict take a prefetch slot: the reader runs through
+                # glass, building a lead, while the predictor works on tissue.
+                if tile is not None and not self._acquire():
+                    return
+                if not _put(self.out, (i, j, tile), self.stop):
+                    return
+
+    def _acquire(self) -> bool:
+        while not self.stop.is_set():
+            if self.slots.acquire(timeout=_POLL_S):
+                return True
+        return False
+
+
+class _MaskWriter(threading.Thread):
+    """Blend predicted tiles; normalise, threshold, upsample and write final rows, in order.
+
+    Items are ``(keys, probs)`` for a batch of tiles (``keys`` their grid
+    positions, in raster order) and finally ``_END``.
+    """
+
+    def __init__(
+        self,
+        store: zarr.Array[Any],
+        stitcher: BandStitcher,
+        config: PredictConfig,
+        full_shape: tuple[int, int],
+        stats: PredictionStats,
+    ) -> None:
+        super().__init__(name="glomseg-mask-writer", daemon=True)
+        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self.store = store
+        self.stitcher = stitcher
+        self.config = config
+        self.full_shape = full_shape
+        self.stats = stats
+        self.error: BaseException | None = None
+        self.abort = threading.Event()
+        self.pending: list[NDArray[np.uint8]] = []
+        self.pending_rows = 0
+        self.written = 0
+        self.chunk_rows = int(store.chunks[0])
+        self.current = -1
+        assert config.downsample is not None
+        self.downsample: int | float = config.downsample
+        self.next_row = 0  # the next full-resolution row to hand to the store
+        if not isinstance(self.downsample, int):
+            self.cols = _centres(0, full_shape[1], self.downsample, stitcher.shape[1])
+
+    def run(self) -> None:
+        try:
+            while not self.abort.is_set():
+                try:
+                    item = self.inbox.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+                if self.abort.is_set():
+                    return
+                if item is _END:
+                    self._advance(len(self.stitcher.row_origins) - 1)
+                    begin = time.perf_counter()
+                    start, sums = self.stitcher.finish()
+                    self.stats.stitch_s += time.perf_counter() - begin
+                    self._band(start, sums)
+                    self._flush(final=True)
+                    return
+                keys, probs = item
+                for (i, j), p in zip(keys, probs, strict=True):
+                    self._advance(i)
+                    begin = time.perf_counter()
+                    self.stitcher.add(i, j, p)
+                    self.stats.stitch_s += time.perf_counter() - begin
+        except BaseException as error:  # handed to the calling thread
+            self.error = error
+
+    def _advance(self, to_row: int) -> None:
+        """Start grid rows up to ``to_row``, writing the rows that become final."""
+        while self.current < to_row:
+            self.current += 1
+            begin = time.perf_counter()
+            start, sums = self.stitcher.start_row(self.current)
+            self.stats.stitch_s += time.perf_counter() - begin
+            self._band(start, sums)
+
+    def _band(self, start: int, sums: NDArray[np.float32]) -> None:
+        if not sums.shape[0]:
+            return
+        begin = time.perf_counter()
+        ds = self.downsample
+        h, w = self.full_shape
+        probs = self.stitcher.normalise(start, sums)
+        mask = (probs > np.float32(self.config.threshold)).view(np.uint8)
+        stop = start + mask.shape[0]
+        if isinstance(ds, int):
+            rows = min(stop * ds, h) - start * ds
+            if ds > 1:
+                mask = np.repeat(np.repeat(mask, ds, axis=0)[:rows], ds, axis=1)[:, :w]
+        else:
+            # Full-resolution rows whose centres fall in prediction rows [start, stop).
+            last = h if stop == self.stitcher.shape[0] else min(h, math.ceil(stop * ds) + 1)
+            owner = _centres(self.next_row, last, ds, self.stitcher.shape[0])
+            owner = owner[owner < stop]
+            rows = len(owner)
+            mask = mask[owner - start][:, self.cols]
+        self.next_row += rows
+        self.pending.append(np.ascontiguousarray(mask))
+        self.pending_rows += rows
+        self.stats.stitch_s += time.perf_counter() - begin
+        self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        if not self.pending_rows:
+            return
+        n = self.pending_rows if final else self.pending_rows // self.chunk_rows * self.chunk_rows
+        if n == 0:
+            return
+        begin = time.perf_counter()
+        block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.store[self.written : self.written + n] = block[:n]
+        self.written += n
+        rest = block[n:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows = rest.shape[0]
+        self.stats.write_s += time.perf_counter() - begin
+
+    def send(self, item: object) -> None:
+        """Queue an item; raise the writer's error if it failed."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.is_alive():
+                if self.error is not None:  # it failed after the check above
+                    raise self.error
+                raise RuntimeError("the mask writer thread stopped unexpectedly")
+            try:
+                self.inbox.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
