@@ -6,8 +6,8 @@ import sys
 import glomseg
 
 
-def test_import_does_not_load_tensorflow():
-    heavy = "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras'}"
+def test_import_does_not_load_tensorflow_or_dask():
+    heavy = "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras', 'dask', 'distributed'}"
     code = (
         f"import sys, glomseg; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     )

@@ -21,6 +21,7 @@ from glomseg._annotations import (
 )
 from glomseg._augment import Augmentation
 from glomseg._datasets import SplitName, TileRecord, make_datasets, read_records, split_tiles
+from glomseg._distributed import ModelSource, SlideOutcome, SlidesReport, predict_slides
 from glomseg._evaluate import DiceReport, SlideDice, evaluate_slide, evaluate_slides
 from glomseg._export import (
     MANIFEST_COLUMNS,
@@ -103,6 +104,7 @@ from glomseg.errors import (
     GlomsegError,
     PretrainedWeightsError,
     SlideReadError,
+    SlideTaskError,
     WindowError,
 )
 
@@ -142,6 +144,7 @@ __all__ = [
     "MinTissue",
     "ModelCard",
     "ModelConfig",
+    "ModelSource",
     "NotBlank",
     "PolygonalGeometry",
     "PredictConfig",
@@ -152,9 +155,12 @@ __all__ = [
     "ScheduleName",
     "SlideDice",
     "SlideMask",
+    "SlideOutcome",
     "SlideReadError",
     "SlideReader",
     "SlideSource",
+    "SlideTaskError",
+    "SlidesReport",
     "SplitName",
     "StainMethod",
     "StainNormalizer",
@@ -195,6 +201,7 @@ __all__ = [
     "patchify_tiles",
     "predict_image",
     "predict_slide",
+    "predict_slides",
     "read_annotations",
     "read_manifest",
     "read_records",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -170,6 +170,8 @@ def evaluate_slides(
     pairs: Mapping[str, tuple[MaskLike, str | os.PathLike[str] | MaskRasterizer]],
     *,
     window: int = 4096,
+    client: Any = None,
+    progress: bool = False,
 ) -> DiceReport:
     """Score many slides with :func:`evaluate_slide` and average, as Kaggle does.
 
@@ -179,10 +181,21 @@ def evaluate_slides(
         Slide id to its predicted mask and its annotations.
     window : int
         Side of the windows compared at once.
+    client : dask.distributed.Client, optional
+        Score one slide per task on this client's cluster; give masks and
+        annotations as paths the workers can read. The result is the same.
+    progress : bool
+        Show a progress bar of slides.
 
     Returns
     -------
     DiceReport
+
+    Raises
+    ------
+    SlideTaskError
+        With a client, when slides failed: raised once every slide has
+        finished, listing each failure.
 
     Examples
     --------
@@ -195,6 +208,41 @@ def evaluate_slides(
     """
     if not pairs:
         raise ValueError("evaluate_slides needs at least one slide")
-    scores = {key: evaluate_slide(p, t, window=window) for key, (p, t) in pairs.items()}
+    if client is None and not progress:
+        scores = {key: evaluate_slide(p, t, window=window) for key, (p, t) in pairs.items()}
+    else:
+        scores = _evaluate_tasks(pairs, window, client, progress)
     mean = float(np.mean([s.dice for s in scores.values()]))
     return DiceReport(scores, mean)
+
+
+def _evaluate_tasks(
+    pairs: Mapping[str, tuple[MaskLike, str | os.PathLike[str] | MaskRasterizer]],
+    window: int,
+    client: Any,
+    progress: bool,
+) -> dict[str, SlideDice]:
+    from glomseg._distributed import _check_client, _run_tasks
+    from glomseg.errors import SlideTaskError
+
+    if client is not None:
+        _check_client(client)
+    tasks = {key: (p, t, window) for key, (p, t) in pairs.items()}
+    scores: dict[str, SlideDice] = {}
+    failures: dict[str, str] = {}
+    for key, result, error in _run_tasks(
+        _evaluate_one, tasks, client=client, progress=progress, desc="evaluate"
+    ):
+        if error is not None:
+            if client is None:
+                raise error
+            failures[key] = f"{type(error).__name__}: {error}"
+        else:
+            scores[key] = result
+    if failures:
+        raise SlideTaskError(failures, total=len(pairs))
+    return {key: scores[key] for key in pairs}
+
+
+def _evaluate_one(prediction: MaskLike, truth: Any, window: int) -> SlideDice:
+    return evaluate_slide(prediction, truth, window=window)

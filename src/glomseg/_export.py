@@ -199,6 +199,7 @@ def export_tiles(
     progress: bool = True,
     allow_outside: bool = False,
     stain_normalizer: Any = None,
+    client: Any = None,
 ) -> ExportSummary:
     """Tile slides into image/mask pairs, filter them, and write a dataset folder.
 
@@ -235,7 +236,13 @@ def export_tiles(
         (``uint8`` RGB in and out) before it is written; masks, statistics and
         filtering use the tile as read. Its ``to_dict()`` (or, without one, its
         class name) is recorded in ``dataset.json``, so resuming with another
-        normaliser, or none, is refused. It must pickle when ``processes > 1``.
+        normaliser, or none, is refused. It must pickle when ``processes > 1``
+        or with a ``client``.
+    client : dask.distributed.Client, optional
+        Export one slide per task on this client's cluster instead of
+        ``processes``; the slides and ``out_dir`` must be on a file system the
+        workers share. This process keeps the journal and writes the manifest,
+        so the dataset is the same as without a client.
 
     Returns
     -------
@@ -250,6 +257,9 @@ def export_tiles(
     DatasetError
         If ``out_dir`` holds another dataset or unrelated files, slide ids
         repeat, or polygons lie outside their slide.
+    SlideTaskError
+        With a client, when slides failed: raised once every slide has ended.
+        The tiles of the other slides are journaled, so a rerun resumes.
 
     Notes
     -----
@@ -280,6 +290,12 @@ def export_tiles(
     look_up_option("image_format", image_format, ("png", "jpg"))
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if client is not None:
+        from glomseg._distributed import _check_client
+
+        _check_client(client)
+        if processes != 1:
+            raise ValueError("give processes or a client, not both")
     if stain_normalizer is not None and not callable(getattr(stain_normalizer, "transform", None)):
         raise TypeError(
             "stain_normalizer must have a transform(image) method, "
@@ -329,7 +345,7 @@ def export_tiles(
         writer = csv.DictWriter(handle, MANIFEST_COLUMNS)
         if handle.tell() == 0:
             writer.writeheader()
-        for records in _run(tasks, job, processes, progress, total):
+        for records in _run(tasks, job, processes, progress, total, client):
             for record in records:
                 writer.writerow(record)
                 journal[(record["slide"], int(record["grid_row"]), int(record["grid_col"]))] = (
@@ -508,10 +524,14 @@ def _run(
     processes: int,
     progress: bool,
     total: int,
+    client: Any = None,
 ) -> Iterator[list[dict[str, str]]]:
     from tqdm import tqdm
 
     with tqdm(total=total, disable=not progress, unit="tile", desc="tiles") as bar:
+        if client is not None:
+            yield from _run_on_client(tasks, job, client, bar)
+            return
         if processes == 1 or len(tasks) <= 1:
             try:
                 for source, tiles in tasks:
@@ -529,6 +549,30 @@ def _run(
                 yield records
 
 
+def _run_on_client(
+    tasks: list[tuple[SlideSource, list[Tile]]], job: _Job, client: Any, bar: Any
+) -> Iterator[list[dict[str, str]]]:
+    """One task per slide on a Dask client; failures are raised once every slide has ended."""
+    from glomseg._distributed import _run_tasks
+    from glomseg.errors import SlideTaskError
+
+    per_slide: dict[str, tuple[_Job, SlideSource, list[list[Tile]]]] = {}
+    for source, tiles in tasks:
+        per_slide.setdefault(source.slide_id, (job, source, []))[2].append(tiles)
+    failures: dict[str, str] = {}
+    for slide_id, records, error in _run_tasks(
+        _export_slide, per_slide, client=client, progress=False, desc="export"
+    ):
+        if error is not None:
+            failures[slide_id] = f"{type(error).__name__}: {error}"
+            logger.warning("slide %s failed: %s", slide_id, failures[slide_id])
+            continue
+        bar.update(len(records))
+        yield records
+    if failures:
+        raise SlideTaskError(failures, total=len(per_slide))
+
+
 #: Per-process open slides: slide id -> (reader, rasterizer).
 _STATE: dict[str, tuple[SlideReader, MaskRasterizer]] = {}
 
@@ -543,16 +587,28 @@ def _open(job: _Job, source: SlideSource) -> tuple[SlideReader, MaskRasterizer]:
     if source.slide_id not in _STATE:
         # One slide open at a time per process keeps memory to one reader's cache.
         _close_state()
-        annotations = (
-            read_annotations(source.annotations, classes=job.classes)
-            if source.annotations is not None
-            else []
-        )
-        with SlideReader(source.slide, cache_bytes=0) as probe:
-            cache = _cache_for(probe.shape, probe.segment_shape, job.tiler)
-        reader = SlideReader(source.slide, cache_bytes=cache)
-        _STATE[source.slide_id] = (reader, MaskRasterizer(annotations))
+        _STATE[source.slide_id] = _open_slide(job, source)
     return _STATE[source.slide_id]
+
+
+def _open_slide(job: _Job, source: SlideSource) -> tuple[SlideReader, MaskRasterizer]:
+    annotations = (
+        read_annotations(source.annotations, classes=job.classes)
+        if source.annotations is not None
+        else []
+    )
+    with SlideReader(source.slide, cache_bytes=0) as probe:
+        cache = _cache_for(probe.shape, probe.segment_shape, job.tiler)
+    return SlideReader(source.slide, cache_bytes=cache), MaskRasterizer(annotations)
+
+
+def _export_slide(job: _Job, source: SlideSource, rows: list[list[Tile]]) -> list[dict[str, str]]:
+    """A cluster task: every tile of one slide, with a reader of its own (workers have threads)."""
+    reader, rasterizer = _open_slide(job, source)
+    with reader:
+        return [
+            _export_tile(job, source, reader, rasterizer, tile) for tiles in rows for tile in tiles
+        ]
 
 
 def _cache_for(shape: tuple[int, int], segment: tuple[int, int], tiler: Tiler) -> int:

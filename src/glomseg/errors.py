@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from difflib import get_close_matches
+from typing import Any
 
 __all__ = [
     "AnnotationError",
@@ -23,6 +24,7 @@ __all__ = [
     "GlomsegError",
     "PretrainedWeightsError",
     "SlideReadError",
+    "SlideTaskError",
     "WindowError",
     "look_up_option",
 ]
@@ -115,6 +117,39 @@ class DatasetError(GlomsegError, ValueError):
     ...
     glomseg.errors.DatasetError: .../manifest.csv: no manifest; is ... a glomseg tile dataset?
     """
+
+
+class SlideTaskError(GlomsegError, RuntimeError):
+    """Some slides of a many-slide run failed; the others completed.
+
+    Raised by :func:`glomseg.export_tiles` and :func:`glomseg.evaluate_slides`
+    with a Dask ``client`` once every slide has finished, so that the work of
+    the slides that succeeded is kept.
+
+    Attributes
+    ----------
+    failures : dict of str to str
+        Slide id to its error, ``"ErrorType: message"``.
+
+    Examples
+    --------
+    >>> error = SlideTaskError({"a": "SlideReadError: a.tif: truncated"}, total=3)
+    >>> print(error)
+    1 of 3 slides failed: a (SlideReadError: a.tif: truncated)
+    """
+
+    def __init__(self, failures: dict[str, str], *, total: int) -> None:
+        self.failures = dict(failures)
+        self.total = total
+        listed = "; ".join(f"{key} ({value})" for key, value in self.failures.items())
+        super().__init__(f"{len(self.failures)} of {total} slides failed: {listed}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_slide_task_error, (self.failures, self.total))
+
+
+def _slide_task_error(failures: dict[str, str], total: int) -> SlideTaskError:
+    return SlideTaskError(failures, total=total)
 
 
 def look_up_option(name: str, value: object, options: Iterable[str]) -> str:
