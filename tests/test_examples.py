@@ -16,6 +16,7 @@ def test_every_example_is_covered():
         "build_tiles.py",
         "evaluate.py",
         "export_qupath.py",
+        "predict_cluster.py",
         "predict_slides.py",
         "quickstart.py",
         "train.py",
@@ -105,3 +106,30 @@ def test_train_hubmap_tiles_on_the_bundled_sample(tmp_path):
     assert summary["steps_run"] == 4
     assert 0 <= summary["dice_pooled"] <= 1
     assert (tmp_path / "m" / "model.h5").is_file()
+
+
+def test_predict_cluster_on_a_local_cluster_then_resume(tmp_path):
+    pytest.importorskip("distributed")
+    pytest.importorskip("tensorflow")
+    sample = EXAMPLES / "data" / "sample"
+    command = [
+        sys.executable,
+        str(EXAMPLES / "predict_cluster.py"),
+        str(sample / "van0013_train_306.tif"),
+        str(sample / "van0013_train_323.tif"),
+        "--workers",
+        "1",
+        "--truth",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 predicted, 0 done before, 0 failed" in result.stdout
+    mean = float(result.stdout.split("mean Dice ")[1].split(",")[0])
+    assert mean >= 0.8  # the shipped model on tiles it never trained on
+    rows = (tmp_path / "c" / "submission.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["id", "van0013_train_306", "van0013_train_323"]
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 predicted, 2 done before, 0 failed" in again.stdout
