@@ -22,10 +22,20 @@ stitching, writing and idle waits.
 Targets: overhead (wall time minus predictor time) under 20 % of the
 predictor's time, and peak RSS under 2 GB.
 
+``--decode-rate`` measures instead how close prediction comes to the machine's
+decode rate, the bound of any reader: with a predictor that returns zeros at
+once and no background skipping, :func:`glomseg.predict_slide` against
+``tifffile.imread(slide, maxworkers=cores)`` of the whole slide, in the same
+run, for JPEG, LZW and uncompressed tiled slides at downsample 1, 2 and 4, with
+one reader thread and with ``workers`` = the machine's cores. Target: prediction
+at >= 0.8 of the decode rate at every downsample, peak memory well under the
+slide's decoded size.
+
 Usage::
 
     python benchmarks/bench_predict.py                  # the full-size run (minutes)
     python benchmarks/bench_predict.py --shape 6000 8000 --latency 0.01   # a quick one
+    python benchmarks/bench_predict.py --decode-rate --shape 12000 16000
 """
 
 from __future__ import annotations
@@ -72,15 +82,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def ensure_slide(shape: tuple[int, int]) -> Path:
+def ensure_slide(shape: tuple[int, int], compression: str = "none") -> Path:
     from glomseg.synthetic import write_synthetic_slide
 
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"synthetic-{shape[0]}x{shape[1]}-tiled.tif"
+    suffix = "" if compression == "none" else f"-{compression}"
+    path = WORK / f"synthetic-{shape[0]}x{shape[1]}-tiled{suffix}.tif"
     if not path.exists():
-        print(f"writing {path} (tiled 512, uncompressed) ...", flush=True)
+        print(f"writing {path} (tiled 512, {compression}) ...", flush=True)
         begin = time.perf_counter()
-        write_synthetic_slide(path, shape, tile=512, compression="none", seed=0)
+        write_synthetic_slide(path, shape, tile=512, compression=compression, seed=0)
         print(f"  {time.perf_counter() - begin:.0f} s", flush=True)
     return path
 
@@ -182,8 +193,54 @@ def run_naive(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def run_null(args: argparse.Namespace) -> dict[str, float]:
+    """predict_slide with a predictor that returns zeros at once: everything but the model."""
+    from glomseg import PredictConfig, predict_slide
+
+    def null(batch: np.ndarray) -> np.ndarray:
+        return np.zeros(batch.shape[:3], np.float32)
+
+    config = PredictConfig(
+        tile_size=args.tile,
+        stride=args.stride,
+        downsample=args.downsample,
+        batch_size=args.batch,
+        skip_background=False,
+        workers=args.workers,
+    )
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-null-", dir=WORK))
+    try:
+        begin = time.perf_counter()
+        mask = predict_slide(args.slide, null, out_dir / "mask.zarr", config=config, progress=False)
+        wall = time.perf_counter() - begin
+        stats = mask.stats
+        assert stats is not None
+        return {
+            "wall_s": wall,
+            "read_s": stats.read_s,
+            "stitch_s": stats.stitch_s,
+            "write_s": stats.write_s,
+            "read_wait_s": stats.read_wait_s,
+            "write_wait_s": stats.write_wait_s,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def run_imread(args: argparse.Namespace) -> dict[str, float]:
+    """The decode rate: tifffile decoding the whole slide with ``workers`` threads."""
+    import tifffile
+
+    begin = time.perf_counter()
+    image = tifffile.imread(args.slide, maxworkers=args.workers)
+    wall = time.perf_counter() - begin
+    return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(), "decoded_mb": image.nbytes / 2**20}
+
+
 def child(args: argparse.Namespace) -> None:
-    result = run_pipeline(args) if args.child == "pipeline" else run_naive(args)
+    runs = {"pipeline": run_pipeline, "naive": run_naive, "null": run_null, "imread": run_imread}
+    result = runs[args.child](args)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -205,6 +262,8 @@ def spawn(kind: str, args: argparse.Namespace) -> dict[str, float]:
         str(args.batch),
         "--latency",
         str(args.latency),
+        "--workers",
+        str(args.workers or 0),
     ]
     if args.dice:
         command.append("--dice")
@@ -270,9 +329,75 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
         )
 
 
+def decode_rate(args: argparse.Namespace) -> None:
+    """Prediction with a null predictor against tifffile's whole-slide decode, in one run."""
+    cores = os.cpu_count() or 1
+    results: list[dict[str, object]] = []
+    print(f"{cores} cores; best of {args.repeats} runs each; each run in its own process")
+    header = (
+        f"{'slide':>6s} {'ds':>3s} {'imread':>8s} {'1 thread':>9s} {'ratio':>6s} "
+        f"{f'{cores} workers':>11s} {'ratio':>6s} {'speed-up':>9s} {'reader':>7s} "
+        f"{'writer':>7s} {'RSS MB':>7s} {'decoded':>8s}"
+    )
+    for compression in args.compressions:
+        slide = ensure_slide(tuple(args.shape), compression)
+        args.slide = slide
+
+        def best(kind: str, workers: int) -> dict[str, float]:
+            args.workers = workers
+            runs = [spawn(kind, args) for _ in range(args.repeats)]
+            return min(runs, key=lambda r: r["wall_s"])
+
+        imread = best("imread", cores)
+        print(header)
+        for ds in args.downsamples:
+            args.downsample = ds
+            one = best("null", 1)
+            many = best("null", cores)
+            row = {
+                "compression": compression,
+                "downsample": ds,
+                "imread_s": imread["wall_s"],
+                "one_thread_s": one["wall_s"],
+                "workers_s": many["wall_s"],
+                "ratio_one": imread["wall_s"] / one["wall_s"],
+                "ratio": imread["wall_s"] / many["wall_s"],
+                "speed_up": one["wall_s"] / many["wall_s"],
+                # busy shares of the wall time: the reader threads' (per thread) and the writer's
+                "reader_busy": many["read_s"] / cores / many["wall_s"],
+                "writer_busy": (many["stitch_s"] + many["write_s"]) / many["wall_s"],
+                "peak_rss_mb": many["peak_rss_mb"],
+                "decoded_mb": imread["decoded_mb"],
+            }
+            results.append(row)
+            print(
+                f"{compression:>6s} {ds:>3d} {row['imread_s']:>7.2f}s {row['one_thread_s']:>8.2f}s "
+                f"{row['ratio_one']:>6.2f} {row['workers_s']:>10.2f}s {row['ratio']:>6.2f} "
+                f"{row['speed_up']:>8.2f}x {row['reader_busy']:>7.0%} {row['writer_busy']:>7.0%} "
+                f"{row['peak_rss_mb']:>7.0f} {row['decoded_mb']:>7.0f}M",
+                flush=True,
+            )
+    worst = min(float(r["ratio"]) for r in results)  # type: ignore[arg-type]
+    print(
+        f"\ntarget prediction >= 0.8 of the decode rate at every downsample: "
+        f"{'MET' if worst >= 0.8 else 'NOT MET'} (worst {worst:.2f})"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"cores": cores, "shape": args.shape, "runs": results}, indent=1)
+        )
+        print(f"wrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=2, default=(31299, 44066))
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        default=None,
+        help="default 31299 44066; 12000 16000 with --decode-rate",
+    )
     parser.add_argument("--slide", type=Path, default=None)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--stride", type=int, default=384)
@@ -281,10 +406,23 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.03, help="seconds per tile")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--dice", action="store_true", help="also score the pipeline's mask")
-    parser.add_argument("--child", choices=("pipeline", "naive"), default=None)
+    parser.add_argument("--workers", type=int, default=None, help="reader threads")
+    parser.add_argument("--decode-rate", action="store_true", help="null predictor vs imread")
+    parser.add_argument("--compressions", nargs="+", default=["jpeg", "lzw", "none"])
+    parser.add_argument("--downsamples", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--child", choices=("pipeline", "naive", "null", "imread"), default=None)
     args = parser.parse_args()
     if args.child:
+        if args.workers == 0:
+            args.workers = None
         child(args)
+        return
+    if args.shape is None:
+        args.shape = (12000, 16000) if args.decode_rate else (31299, 44066)
+    if args.decode_rate:
+        decode_rate(args)
         return
     args.slide = args.slide or ensure_slide(tuple(args.shape))
     results = {"pipeline": spawn("pipeline", args)}

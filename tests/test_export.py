@@ -131,19 +131,23 @@ def test_seed_recipe_keeps_only_the_coverage_band(synthetic, tmp_path):
     assert summary.kept == len(kept_files) > 0
 
 
-def test_two_processes_give_the_same_dataset(synthetic, tmp_path):
+@pytest.mark.parametrize(("processes", "threads"), [(2, None), (1, 4)])
+def test_processes_and_threads_give_the_same_dataset(synthetic, tmp_path, processes, threads):
     kwargs = {
         "tiler": Tiler(96, 64, edge="pad", downsample=3),
         "progress": False,
         "tile_filter": TileFilter.winners_recipe(background_share=0.3, seed=4),
     }
-    export_tiles(_sources(synthetic), tmp_path / "one", processes=1, **kwargs)
-    export_tiles(_sources(synthetic), tmp_path / "two", processes=2, **kwargs)
+    export_tiles(_sources(synthetic), tmp_path / "one", processes=1, threads=1, **kwargs)
+    export_tiles(
+        _sources(synthetic), tmp_path / "two", processes=processes, threads=threads, **kwargs
+    )
     assert (tmp_path / "one" / "manifest.csv").read_bytes() == (
         tmp_path / "two" / "manifest.csv"
     ).read_bytes()
     for folder in ("images", "masks"):
         names = sorted(p.name for p in (tmp_path / "one" / folder).iterdir())
+        assert names
         assert names == sorted(p.name for p in (tmp_path / "two" / folder).iterdir())
         for name in names:
             assert (tmp_path / "one" / folder / name).read_bytes() == (
@@ -246,6 +250,8 @@ def test_bad_arguments(synthetic, tmp_path):
         export_tiles(sources, tmp_path / "d", tiler=Tiler(100), image_format="jpeg")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="processes must be >= 1, got 0"):
         export_tiles(sources, tmp_path / "d", tiler=Tiler(100), processes=0)
+    with pytest.raises(ValueError, match="threads must be an int >= 1, got 0"):
+        export_tiles(sources, tmp_path / "d", tiler=Tiler(100), threads=0)
     with pytest.raises(ValueError, match="slide"):
         SlideSource("has space", synthetic[0].path)
     with pytest.raises(DatasetError, match="no manifest"):

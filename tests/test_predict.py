@@ -653,11 +653,12 @@ def test_windowed_dice_equals_whole_slide_dice(small_slide, tmp_path):
     )
     truth = MaskRasterizer(read_annotations(small_slide.annotation_path)).full_mask(mask.shape)
     whole = dice_coefficient(mask.read(), truth)
-    for window in (100, 333, 4096):
-        score = evaluate_slide(mask, small_slide.annotation_path, window=window)
+    for window, workers in ((100, 1), (100, 3), (333, None), (4096, None)):
+        score = evaluate_slide(mask, small_slide.annotation_path, window=window, workers=workers)
         assert score.dice == pytest.approx(whole, abs=1e-12)
         assert score.truth == truth.sum()
         assert score.predicted == mask.count_nonzero()
+        assert score.intersection == np.count_nonzero(mask.read() & truth)
     report = evaluate_slides(
         {"s": (mask, small_slide.annotation_path), "empty": (np.zeros((5, 5), bool), [])}
     )

@@ -285,9 +285,11 @@ def _outputs(out_dir: Path, slide_id: str) -> tuple[Path, Path, Path]:
 def _run_key(
     model: ModelSource, config: PredictConfig, pixel_size_um: float | None, stain: bool
 ) -> dict[str, Any]:
+    settings = asdict(config)
+    settings.pop("workers")  # how fast, not what: the masks do not depend on it
     return {
         "model": _describe_model(model),
-        "config": asdict(config),
+        "config": settings,
         "pixel_size_um": pixel_size_um,
         "stain": stain,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +118,7 @@ def evaluate_slide(
     truth: str | os.PathLike[str] | MaskRasterizer | Iterable[object],
     *,
     window: int = 4096,
+    workers: int | None = None,
 ) -> SlideDice:
     """Score a predicted slide mask against annotation polygons, window by window.
 
@@ -134,6 +136,8 @@ def evaluate_slide(
         The annotation JSON of the slide, or its polygons.
     window : int
         Side of the windows compared at once.
+    workers : int, optional
+        Windows compared at once by threads; default the machine's cores.
 
     Returns
     -------
@@ -151,16 +155,28 @@ def evaluate_slide(
     mask = _as_mask(prediction)
     rasterizer = _rasterizer(truth)
     side = _positive_int("window", window)
+    threads = (os.cpu_count() or 1) if workers is None else _positive_int("workers", workers)
     h, w = _mask_shape(mask)
-    both = predicted = actual = 0
-    for r in range(0, h, side):
-        for c in range(0, w, side):
-            win = Window.from_bounds(r, c, min(r + side, h), min(c + side, w))
-            p = _read_mask(mask, win)
-            t = rasterizer.rasterize(win)
-            both += int(np.count_nonzero(p & t))
-            predicted += int(np.count_nonzero(p))
-            actual += int(np.count_nonzero(t))
+    windows = [
+        Window.from_bounds(r, c, min(r + side, h), min(c + side, w))
+        for r in range(0, h, side)
+        for c in range(0, w, side)
+    ]
+
+    def count(win: Window) -> tuple[int, int, int]:
+        p = _read_mask(mask, win)
+        t = rasterizer.rasterize(win)
+        return int(np.count_nonzero(p & t)), int(np.count_nonzero(p)), int(np.count_nonzero(t))
+
+    if threads > 1 and len(windows) > 1:
+        # Mask chunks decompress and polygons rasterize with the GIL released.
+        with ThreadPoolExecutor(min(threads, len(windows))) as pool:
+            counts = list(pool.map(count, windows))
+    else:
+        counts = [count(win) for win in windows]
+    both = sum(c[0] for c in counts)
+    predicted = sum(c[1] for c in counts)
+    actual = sum(c[2] for c in counts)
     total = predicted + actual
     dice = 1.0 if total == 0 else 2.0 * both / total
     return SlideDice(dice, both, predicted, actual)

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -200,6 +201,7 @@ def export_tiles(
     allow_outside: bool = False,
     stain_normalizer: Any = None,
     client: Any = None,
+    threads: int | None = None,
 ) -> ExportSummary:
     """Tile slides into image/mask pairs, filter them, and write a dataset folder.
 
@@ -225,6 +227,9 @@ def export_tiles(
         ``["glomerulus"]``); default all.
     processes : int
         Worker processes; each opens its own readers. 1 runs in this process.
+    threads : int, optional
+        With one process, tiles of a grid row read, rasterized and encoded at
+        once, >= 1; default the machine's cores. The dataset does not depend on it.
     progress : bool
         Show a progress bar.
     allow_outside : bool
@@ -290,6 +295,10 @@ def export_tiles(
     look_up_option("image_format", image_format, ("png", "jpg"))
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if threads is None:
+        threads = os.cpu_count() or 1
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     if client is not None:
         from glomseg._distributed import _check_client
 
@@ -345,7 +354,7 @@ def export_tiles(
         writer = csv.DictWriter(handle, MANIFEST_COLUMNS)
         if handle.tell() == 0:
             writer.writeheader()
-        for records in _run(tasks, job, processes, progress, total, client):
+        for records in _run(tasks, job, processes, progress, total, client, threads):
             for record in records:
                 writer.writerow(record)
                 journal[(record["slide"], int(record["grid_row"]), int(record["grid_col"]))] = (
@@ -525,6 +534,7 @@ def _run(
     progress: bool,
     total: int,
     client: Any = None,
+    threads: int = 1,
 ) -> Iterator[list[dict[str, str]]]:
     from tqdm import tqdm
 
@@ -533,12 +543,17 @@ def _run(
             yield from _run_on_client(tasks, job, client, bar)
             return
         if processes == 1 or len(tasks) <= 1:
+            # One process: tiles of a row are read, rasterized and encoded by threads
+            # (the decoders, numpy and zlib release the GIL), written in order.
+            threaded = ThreadPoolExecutor(threads) if threads > 1 else None
             try:
                 for source, tiles in tasks:
-                    records = _export_row(job, source, tiles)
+                    records = _export_row(job, source, tiles, threaded)
                     bar.update(len(records))
                     yield records
             finally:
+                if threaded is not None:
+                    threaded.shutdown()
                 _close_state()
             return
         context = multiprocessing.get_context("spawn")
@@ -628,9 +643,14 @@ def _export_row_star(args: tuple[_Job, SlideSource, list[Tile]]) -> list[dict[st
     return _export_row(*args)
 
 
-def _export_row(job: _Job, source: SlideSource, tiles: list[Tile]) -> list[dict[str, str]]:
+def _export_row(
+    job: _Job, source: SlideSource, tiles: list[Tile], pool: ThreadPoolExecutor | None = None
+) -> list[dict[str, str]]:
+    """Export a grid row's tiles, in order; with a pool, several tiles at once (one reader)."""
     reader, rasterizer = _open(job, source)
-    return [_export_tile(job, source, reader, rasterizer, tile) for tile in tiles]
+    if pool is None or len(tiles) < 2:
+        return [_export_tile(job, source, reader, rasterizer, tile) for tile in tiles]
+    return list(pool.map(lambda tile: _export_tile(job, source, reader, rasterizer, tile), tiles))
 
 
 def _export_tile(

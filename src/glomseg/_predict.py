@@ -178,7 +178,8 @@ def predict_slide(
             raise SlideReadError(f"{slide.path}: the reader is closed")
         return _predict(slide, model, out, cfg, pixel_size_um, normalizer, progress)
     # Bands are read once, top to bottom: a small segment cache suffices.
-    with SlideReader(slide, cache_bytes=_CACHE_BYTES) as reader:
+    # Reader threads decode pieces in parallel: one decoder thread each.
+    with SlideReader(slide, cache_bytes=_CACHE_BYTES, max_workers=1) as reader:
         return _predict(reader, model, out, cfg, pixel_size_um, normalizer, progress)
 
 

@@ -86,6 +86,10 @@ class PredictConfig:
         the reader runs through glass while the predictor works on tissue.
     chunk_size : int
         Side of the square chunks of the mask on disk, a multiple of 16.
+    workers : int, optional
+        Threads that read, downsample and classify the slide ahead of the
+        predictor, >= 1; default ``None``: the machine's cores. The mask does
+        not depend on it.
 
     Raises
     ------
@@ -122,6 +126,7 @@ class PredictConfig:
     min_tissue: float = 0.0
     prefetch: int = 64
     chunk_size: int = 1024
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         tile_size = None if self.tile_size is None else _positive_int("tile_size", self.tile_size)
@@ -157,6 +162,8 @@ class PredictConfig:
         if chunk % 16:
             raise ValueError(f"chunk_size must be a multiple of 16, got {chunk}")
         object.__setattr__(self, "chunk_size", chunk)
+        if self.workers is not None:
+            object.__setattr__(self, "workers", _positive_int("workers", self.workers))
 
     @property
     def grid_stride(self) -> int:
@@ -183,7 +190,8 @@ class PredictionStats:
     wall_s : float
         Wall-clock seconds of the whole run.
     read_s : float
-        Reader thread: reading the slide, resampling, tissue detection, cutting tiles.
+        Reader threads: reading the slide, resampling and tissue detection (summed
+        over the ``workers`` threads), and cutting tiles.
     predict_s : float
         Calling thread: inside the predictor (flip TTA included).
     stitch_s : float

@@ -18,26 +18,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from glomseg._filtering import tissue_pixels
 from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._reader import SlideReader
-from glomseg._scale import (
-    _block_mean,
-    _centres,
-    _edges,
-)
+from glomseg._row_stream import RowStream, default_workers
+from glomseg._scale import _centres
 from glomseg._stitch import (
     BandStitcher,
 )
-from glomseg._window import Window
 
 if TYPE_CHECKING:
     import zarr
 
 __all__ = []
 
-#: Bytes of full-resolution pixels read from the slide at once by the reader thread.
-_READ_BYTES = 48 * 2**20
 #: Seconds a thread waits on a queue before checking whether it should stop.
 _POLL_S = 0.1
 
@@ -85,9 +78,6 @@ class _TileReader(threading.Thread):
         ds = config.downsample
         assert ds is not None
         self.downsample = ds
-        levels = reader.level_downsamples[1:]
-        # With a pyramid level at or below the downsample, let the reader resample from it.
-        self.use_reader_resampling = ds > 1 and any(d <= ds * (1 + 1e-3) for d in levels)
 
     def run(self) -> None:
         try:
@@ -96,31 +86,23 @@ class _TileReader(threading.Thread):
         except BaseException as error:  # handed to the calling thread
             _put(self.out, _Failure(error), self.stop)
 
-    def _load(self, image: NDArray[np.uint8], start: int, stop: int) -> None:
-        """Read prediction rows ``[start, stop)`` into ``image`` (rows relative to ``start``)."""
-        ds = self.downsample
-        width = self.stitcher.shape[1]
-        if not isinstance(ds, int):  # a fractional footprint: exact area average
-            per_row = math.ceil(width * ds + 1) * math.ceil(max(ds, 1.0) + 1) * 3
-            step = max(1, _READ_BYTES // per_row)
-            cols = _edges(0, width, ds)
-            for r in range(start, stop, step):
-                n = min(step, stop - r)
-                block = self.reader._read_area(_edges(r, r + n, ds), cols)
-                image[r - start : r - start + n, :width] = block
-            return
-        per_row = width * ds * ds * 3
-        step = max(1, _READ_BYTES // per_row)
-        for r in range(start, stop, step):
-            n = min(step, stop - r)
-            window = Window(r * ds, 0, n * ds, width * ds)
-            if self.use_reader_resampling:
-                block = self.reader.read(window, out_shape=(n, width))
-            else:
-                block = _block_mean(self.reader.read(window), ds)
-            image[r - start : r - start + n, :width] = block
-
     def _run(self) -> None:
+        cfg = self.config
+        stream = RowStream(
+            self.reader,
+            self.stitcher.shape,
+            self.downsample,
+            workers=cfg.workers or default_workers(),
+            saturation_threshold=cfg.saturation_threshold if cfg.skip_background else None,
+        )
+        try:
+            self._cut(stream)
+        finally:
+            stream.close()
+            self.stats.read_s += stream.busy_s
+
+    def _cut(self, stream: RowStream) -> None:
+        """Move the band down the slide, row of tiles by row of tiles, and queue the tiles."""
         st, cfg = self.stitcher, self.config
         t = st.tile_size
         height = st.shape[0]
@@ -142,16 +124,13 @@ class _TileReader(threading.Thread):
                 tissue[: t - shift] = tissue[shift:]
                 tissue[t - shift :] = False
             top = origin
+            self.stats.read_s += time.perf_counter() - begin
             start, stop = max(loaded, origin), min(origin + t, height)
             if stop > start:
                 rows = slice(start - origin, stop - origin)
-                self._load(band[rows], start, stop)
-                if cfg.skip_background:
-                    tissue[rows] = tissue_pixels(
-                        band[rows], saturation_threshold=cfg.saturation_threshold
-                    )
+                # Waiting for the reader threads is not busy time: theirs is counted apart.
+                stream.take(start, stop, band[rows], tissue[rows] if cfg.skip_background else None)
                 loaded = stop
-            self.stats.read_s += time.perf_counter() - begin
             for j, col in enumerate(st.col_origins):
                 begin = time.perf_counter()
                 tile: NDArray[np.uint8] | None = None

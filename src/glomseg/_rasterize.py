@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,6 +53,9 @@ __all__ = [
     "mask_to_annotations",
     "mask_to_polygons",
 ]
+
+#: Serialises GDAL rasterization, which is not thread-safe.
+_GDAL_LOCK = threading.Lock()
 
 logger = logging.getLogger(__name__)
 
@@ -249,12 +253,16 @@ class MaskRasterizer:
             return
         from rasterio.features import rasterize
 
-        rasterize(
-            [(g, 1) for g in self._burn[indices]],
-            out=out.view(np.uint8),
-            transform=grid.transform(row_start),
-            all_touched=all_touched,
-        )
+        shapes = [(g, 1) for g in self._burn[indices]]
+        # GDAL's rasterizer and its in-memory datasets are not safe to use from several
+        # threads at once (seen as spurious NotGeoreferencedWarnings): one at a time.
+        with _GDAL_LOCK:
+            rasterize(
+                shapes,
+                out=out.view(np.uint8),
+                transform=grid.transform(row_start),
+                all_touched=all_touched,
+            )
 
     def rasterize(
         self,
