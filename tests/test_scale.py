@@ -383,3 +383,23 @@ def test_one_default_stride_for_both_entry_points():
     sliding_window_predict(image, counting, tile_size=16, batch_size=1)
     assert PredictConfig(tile_size=16).stride == 12
     assert len(calls) == len(grid_origins(70, 16, 12, "shift")) ** 2 == 36  # not 64 at stride 8
+
+
+@settings(max_examples=60)
+@given(
+    factor=st.integers(1, 17),
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 4),
+    extra=st.tuples(st.integers(0, 16), st.integers(0, 16)),
+    seed=st.integers(0, 2**16),
+    levels=st.sampled_from([(0, 256), (0, 2), (254, 256), (100, 102)]),
+)
+def test_block_mean_is_the_rounded_area_average(factor, rows, cols, extra, seed, levels):
+    """Exact, ties to even, whatever the factor; a ragged edge beyond whole blocks is ignored."""
+    from glomseg._scale import _block_mean
+
+    shape = (rows * factor + extra[0] % factor, cols * factor + extra[1] % factor, 3)
+    image = np.random.default_rng(seed).integers(*levels, shape, dtype=np.uint8)
+    blocks = image[: rows * factor, : cols * factor].astype(np.float64)
+    expected = np.rint(blocks.reshape(rows, factor, cols, factor, 3).mean(axis=(1, 3)))
+    np.testing.assert_array_equal(_block_mean(image, factor), expected.astype(np.uint8))

@@ -212,18 +212,34 @@ def _tile_model(predictor: Predictor, normalizer: Any, tta: bool) -> Predictor:
 
 
 def _block_mean(full: NDArray[np.uint8], factor: int) -> NDArray[np.uint8]:
-    """Area average of ``factor`` x ``factor`` blocks, rounded to nearest (ties to even)."""
+    """Area average of ``factor`` x ``factor`` blocks, rounded to nearest (ties to even).
+
+    Rows are summed first (contiguous rows, fast), then columns channel by
+    channel (long strided inner loops rather than loops over 3 channels), in
+    integers; a power-of-two area is divided by a shift, in integers too.
+    """
     if factor == 1:
         return full
     h, w = full.shape[0] // factor, full.shape[1] // factor
-    blocks = full.reshape(h, factor, w, factor, 3)
-    dtype = np.uint16 if factor * factor * 255 < 2**16 else np.uint32
-    total: NDArray[np.unsignedinteger[Any]] = np.zeros((h, w, 3), dtype=dtype)
-    for a in range(factor):
-        for b in range(factor):
-            total += blocks[:, a, :, b, :]
+    full = full[: h * factor, : w * factor]
+    area = factor * factor
+    dtype = np.uint16 if area * 255 < 2**16 else np.uint32
+    rows: NDArray[Any] = np.add(full[0::factor], full[1::factor], dtype=dtype)
+    for k in range(2, factor):
+        rows += full[k::factor]
+    total: NDArray[Any] = np.empty((h, w, 3), dtype=dtype)
+    for c in range(3):
+        channel, out = rows[:, :, c], total[:, :, c]
+        np.add(channel[:, 0::factor], channel[:, 1::factor], out=out)
+        for k in range(2, factor):
+            out += channel[:, k::factor]
+    if area & (area - 1) == 0:  # a power of two: shift, adding half less one, plus the
+        shift = area.bit_length() - 1  # quotient's lowest bit so that ties go to even
+        total += dtype(area // 2 - 1) + ((total >> dtype(shift)) & dtype(1))
+        return (total >> dtype(shift)).astype(np.uint8)
+    # Never a tie (an odd area, or no exact half), and float32 is exact enough here.
     mean = total.astype(np.float32)
-    mean /= np.float32(factor * factor)
+    mean /= np.float32(area)
     return np.rint(mean).astype(np.uint8)
 
 
