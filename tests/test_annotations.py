@@ -2,13 +2,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, box, shape
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shapely.geometry import LineString, MultiPolygon, Polygon, box, shape
 
 from glomseg._annotations import (
     GLOMERULUS_COLOR,
@@ -20,6 +26,7 @@ from glomseg._annotations import (
     read_annotations,
     write_annotations,
 )
+from glomseg._geometry import _count_crossings
 from glomseg.errors import AnnotationError
 
 DATA = Path(__file__).parent / "data" / "slide_annotations"
@@ -359,3 +366,177 @@ def test_qupath_rgb_list_colour_is_read_as_argb() -> None:
         AnnotationError, match=r"feature 0: classification color must be \[r, g, b\]"
     ):
         parse_annotations([bad])
+
+
+# -- bad input: huge coordinates, NaN, deep nesting, tangled polygons -----------------
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+_coordinate = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-(2.0**31), 2.0**31),
+    st.sampled_from([2.0**31, -(2.0**31), 2.0**31 - 1, 1e155, -1e155, 1e308]),
+    st.integers(-(2**31), 2**31),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_coordinate, min_size=4, max_size=4))
+def test_coordinates_round_trip_or_are_refused(values: list[float]) -> None:
+    x0, y0, x1, y1 = values
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    in_range = all(math.isfinite(v) and abs(v) < 2**31 for v in values)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, copy = Path(tmp) / "in.json", Path(tmp) / "out.json"
+        source.write_text(json.dumps([glom([ring])]))  # Python's json writes NaN/Infinity
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnnotationWarning)  # degenerate boxes are dropped
+            if not in_range:
+                with pytest.raises(AnnotationError, match=r"in\.json: feature 0: coordinates"):
+                    read_annotations(source, min_area=0)
+                return
+            annotations = read_annotations(source, min_area=0)
+            assert all(math.isfinite(a.geometry.area) for a in annotations)
+            write_annotations(copy, annotations)
+            _strict_json(copy.read_text())
+            assert read_annotations(copy, min_area=0) == annotations
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 1e155, 2.0**31])
+def test_write_refuses_bad_geometry_before_writing(tmp_path: Path, value: float) -> None:
+    path = tmp_path / "keep.json"
+    write_annotations(path, [box(0, 0, 2, 2)])
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # shapely warns about NaN itself
+        bad = Polygon([(0, 0), (value, 0), (value, 1), (0, 1)])
+    for item in (Annotation(bad), bad):
+        with pytest.raises(AnnotationError, match=r"keep\.json: feature 1: .*coordinates"):
+            write_annotations(path, [box(0, 0, 1, 1), item])
+        assert path.read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, np.float64(-np.inf)])
+def test_write_refuses_nan_properties(tmp_path: Path, value: float) -> None:
+    path = tmp_path / "keep.json"
+    write_annotations(path, [box(0, 0, 2, 2)])
+    before = path.read_bytes()
+    bad = Annotation(box(0, 0, 1, 1), properties={"measurements": {"Area": value}})
+    with pytest.raises(AnnotationError, match=r"keep\.json: feature 2: .*strict JSON"):
+        write_annotations(path, [box(0, 0, 1, 1), box(0, 0, 3, 3), bad])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+def test_huge_coordinates_in_memory_are_refused() -> None:
+    huge = [[[0, 0], [1e155, 0], [1e155, 1e155], [0, 0]]]
+    with pytest.raises(AnnotationError, match=r"mem: feature 1: coordinates .*1e\+155"):
+        parse_annotations([glom(), glom(huge)], source="mem")
+    with pytest.raises(AnnotationError, match=r"feature 0: coordinates"):
+        parse_annotations([Annotation(box(0, 0, 1e155, 1))], source="mem")
+    with pytest.raises(AnnotationError, match="coordinates"):
+        as_polygonal(box(0, 0, math.inf, 1))
+
+
+@pytest.mark.parametrize("depth", [5_000, 200_000])
+def test_deeply_nested_json_names_file(tmp_path: Path, depth: int) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * depth + "]" * depth)
+    with pytest.raises(AnnotationError, match=r"deep\.json: JSON nested too deeply"):
+        read_annotations(path)
+
+
+def test_deep_but_parseable_properties_round_trip(tmp_path: Path) -> None:
+    nested: Any = 1
+    for _ in range(500):
+        nested = [nested]
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps([glom() | {"properties": {"m": nested}}]))
+    annotations = read_annotations(path)
+    write_annotations(path, annotations)
+    assert read_annotations(path) == annotations
+
+
+def star(n: int, step: int) -> Polygon:
+    """The star polygon {n/step}: n vertices, n * (step - 1) self-crossings."""
+    angles = 2 * np.pi * (np.arange(n) * step % n) / n
+    return Polygon(np.column_stack([np.cos(angles), np.sin(angles)]) * 1000 + 2000)
+
+
+def test_tangled_polygon_is_refused_quickly(tmp_path: Path) -> None:
+    # {251/37}: 9036 crossings. make_valid would take minutes.
+    path = tmp_path / "tangle.json"
+    write_annotations(path, [box(0, 0, 5, 5), Annotation(star(251, 37), "glomerulus")])
+    start = time.perf_counter()
+    with pytest.raises(
+        AnnotationError,
+        match=r"tangle\.json: feature 1 \(glomerulus\): invalid geometry \(252 vertices, 1 rings\)"
+        r" too complex .*self-intersections than the limit of 1000",
+    ):
+        read_annotations(path)
+    with pytest.raises(AnnotationError, match="limit of 1000"):
+        as_polygonal(star(251, 37))
+    assert time.perf_counter() - start < 5
+
+
+def test_few_crossings_are_still_repaired() -> None:
+    with pytest.warns(AnnotationWarning, match="repaired"):
+        (repaired,) = parse_annotations([star(101, 6)])  # 505 crossings
+    assert repaired.geometry.is_valid
+    assert repaired.geometry.area > 0
+
+
+def test_repair_limits_on_vertices_and_rings() -> None:
+    # One bow-tie in a ring of 60k vertices.
+    angles = np.linspace(0, 2 * np.pi, 60_000, endpoint=False)
+    ring = np.column_stack([np.cos(angles), np.sin(angles)]) * 10_000
+    ring[[0, 1]] = ring[[1, 0]]
+    with pytest.raises(AnnotationError, match=r"60001 vertices.*vertices than the limit of 50000"):
+        as_polygonal(Polygon(ring))
+    # 600 nested squares: no crossings, but quadratic to repair.
+    nested = MultiPolygon([box(-i, -i, i, i) for i in range(1, 601)])
+    with pytest.raises(AnnotationError, match=r"600 rings.*rings than the limit of 500"):
+        as_polygonal(nested)
+
+
+def test_valid_polygons_are_never_limited() -> None:
+    angles = np.linspace(0, 2 * np.pi, 200_000, endpoint=False)
+    circle = np.column_stack([np.cos(angles), np.sin(angles)]) * 10_000
+    (annotation,) = parse_annotations([Polygon(circle)])
+    assert shapely.get_num_coordinates(annotation.geometry) == 200_001
+
+
+def _naive_crossings(geometry: Polygon | MultiPolygon) -> int:
+    edges = []  # (ring, index, edge count, segment)
+    for r, ring in enumerate(shapely.get_rings(shapely.get_parts(geometry))):
+        xy = shapely.get_coordinates(ring)
+        xy = xy[np.r_[True, np.any(xy[1:] != xy[:-1], axis=1)]]
+        if len(xy) < 3:
+            continue
+        edges += [(r, k, len(xy) - 1, LineString(xy[k : k + 2])) for k in range(len(xy) - 1)]
+    count = 0
+    for a, (ra, ka, na, sa) in enumerate(edges):
+        for rb, kb, _, sb in edges[a + 1 :]:
+            adjacent = ra == rb and (kb == ka + 1 or (ka == 0 and kb == na - 1))
+            count += not adjacent and sa.intersects(sb)
+    return count
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=3, max_size=9),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_crossing_count_matches_brute_force(rings: list[list[tuple[int, int]]]) -> None:
+    geometry = MultiPolygon([Polygon(ring) for ring in rings])
+    assert _count_crossings(geometry, 10**6) == _naive_crossings(geometry)

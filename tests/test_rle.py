@@ -14,6 +14,7 @@ from glomseg._annotations import read_annotations
 from glomseg._metrics import dice_coefficient
 from glomseg._rasterize import MaskRasterizer
 from glomseg._rle import _transitions, read_submission, rle_decode, rle_encode, write_submission
+from glomseg.errors import GlomsegError, RLEError
 
 DATA = Path(__file__).parent / "data" / "slide_annotations"
 
@@ -305,3 +306,97 @@ def test_write_submission_rejects_ids_that_do_not_round_trip(tmp_path: Path) -> 
         with pytest.raises(ValueError, match="image id"):
             write_submission(tmp_path / "s.csv", [(image_id, "1 2")])
     assert not list(tmp_path.iterdir())
+
+
+# -- bad input: overflow, encodings, empty ids ---------------------------------------
+
+
+def naive_decode(runs: list[tuple[int, int]], shape: tuple[int, int], base: int) -> np.ndarray:
+    """Pixel-by-pixel decoding with Python ints (no overflow); raises ValueError on a bad run."""
+    height, width = shape
+    flat = np.zeros(height * width, dtype=bool)
+    for start, length in runs:
+        if max(start, length) > np.iinfo(np.int64).max:
+            raise ValueError("beyond int64")
+        if start < base or length == 0 or start - base + length > flat.size:
+            raise ValueError("bad run")
+        flat[start - base : start - base + length] = True
+    return flat.reshape(width, height).T
+
+
+_numbers = st.one_of(
+    st.integers(0, 12),
+    st.integers(0, 2**64),
+    st.sampled_from([2**31 - 1, 2**31, 2**32, 2**62, 2**63 - 4, 2**63 - 1, 2**63, 2**64 - 1]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(_numbers, _numbers), max_size=6),
+    st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    st.sampled_from([0, 1]),
+)
+def test_decode_matches_naive_or_raises_typed_error(
+    runs: list[tuple[int, int]], shape: tuple[int, int], base: int
+) -> None:
+    rle = " ".join(f"{s} {n}" for s, n in runs)
+    try:
+        expected = naive_decode(runs, shape, base)
+    except ValueError:
+        with pytest.raises(RLEError, match="malformed RLE"):
+            rle_decode(rle, shape, base=base)
+    else:
+        assert np.array_equal(rle_decode(rle, shape, base=base), expected)
+
+
+@pytest.mark.parametrize(
+    "rle",
+    [
+        "1 2 9223372036854775807 3",  # the issue's example: start + length wraps to negative
+        "9223372036854775807 9223372036854775807",
+        "1 9223372036854775807",
+        "4 9223372036854775805",  # ends exactly at 2**63: one past the int64 range
+    ],
+)
+def test_decode_refuses_runs_whose_end_overflows_int64(rle: str) -> None:
+    with pytest.raises(RLEError, match=r"past the 9 pixels of shape \(3, 3\)"):
+        rle_decode(rle, (3, 3))
+
+
+def test_rle_error_is_a_value_error_and_a_glomseg_error() -> None:
+    assert issubclass(RLEError, ValueError)
+    assert issubclass(RLEError, GlomsegError)
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"id,predicted\nab\xff,1 2\n", 2),
+        (b"\xef\xbb\xbfid,predicted\r\na,1 2\r\n\r\nb\xe9,3 4\r\n", 4),  # BOM, CRLF, blank line
+        (b"id,predicted\ra,1 2\rb,\xc3(\r", 3),  # old Mac line ends
+        (b"id,predicted\xa0\n", 1),
+    ],
+)
+def test_read_submission_not_utf8_names_file_and_line(
+    tmp_path: Path, data: bytes, line: int
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(data)
+    with pytest.raises(RLEError, match=rf"latin1\.csv: line {line}: not UTF-8 text"):
+        read_submission(path)
+
+
+@pytest.mark.parametrize("row", [",1 2", '"",1 2', "  ,", ' "" ,3 4'])
+def test_read_submission_refuses_empty_id(tmp_path: Path, row: str) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text(f"id,predicted\na,1 2\n{row}\n")
+    with pytest.raises(RLEError, match=r"s\.csv: line 3: empty image id"):
+        read_submission(path)
+
+
+def test_read_submission_errors_are_typed(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("image,rle\n")
+    with pytest.raises(RLEError, match="line 1: expected header"):
+        read_submission(path)

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from glomseg._files import atomic_path
-from glomseg.errors import look_up_option
+from glomseg.errors import RLEError, look_up_option
 
 __all__ = ["read_submission", "rle_decode", "rle_encode", "write_submission"]
 
@@ -37,6 +37,7 @@ Order = Literal["F", "C"]
 _BAND_PIXELS = 1 << 24
 _SUBMISSION_HEADER = "id,predicted"
 _RLE_PATTERN = re.compile(r"[0-9 ]*")
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _check_mask(mask: object) -> NDArray[Any]:
@@ -193,16 +194,16 @@ def _parse_rle(rle: str) -> NDArray[np.int64]:
         return np.empty(0, dtype=np.int64)
     if not all(t.isdigit() and t.isascii() for t in tokens):
         bad = next(t for t in tokens if not (t.isdigit() and t.isascii()))
-        raise ValueError(f"malformed RLE: {bad!r} is not a non-negative integer")
+        raise RLEError(f"malformed RLE: {bad!r} is not a non-negative integer")
     if len(tokens) % 2:
-        raise ValueError(
+        raise RLEError(
             "malformed RLE: expected 'start length' pairs, "
             f"got an odd count of {len(tokens)} numbers"
         )
     try:
         return np.array(tokens, dtype=np.int64)
     except OverflowError:
-        raise ValueError("malformed RLE: a number exceeds the 64-bit integer range") from None
+        raise RLEError("malformed RLE: a number exceeds the 64-bit integer range") from None
 
 
 def _check_shape(shape: object) -> tuple[int, int]:
@@ -241,9 +242,13 @@ def rle_decode(
 
     Raises
     ------
+    RLEError
+        If the string is malformed (not integer pairs, or a number beyond the
+        64-bit range), a start is below ``base``, a length is 0, or a run ends
+        past the mask (checked without overflow, however large the numbers).
+        It is a :class:`ValueError`.
     ValueError
-        If the string is malformed (not integer pairs), a start is below
-        ``base``, a length is 0, or a run ends past the mask.
+        If ``shape``, ``order`` or ``base`` is invalid.
 
     Notes
     -----
@@ -262,31 +267,36 @@ def rle_decode(
     >>> rle_decode("1 10", (3, 3))
     Traceback (most recent call last):
     ...
-    ValueError: malformed RLE: run 1 10 ends at pixel 10, past the 9 pixels of shape (3, 3)
+    glomseg.errors.RLEError: malformed RLE: run 1 10 ends at pixel 10, past the 9 pixels ...
     """
     order = look_up_option("order", order, ("F", "C"))  # type: ignore[assignment]
     start_base = _check_base(base)
     height, width = _check_shape(shape)
     numbers = _parse_rle(rle)
     size = height * width
+    # Every number is in [0, 2**63 - 1], so `numbers - start_base` cannot overflow.
     starts = numbers[0::2] - start_base
     lengths = numbers[1::2]
     if numbers.size:
         i = int(np.argmin(starts))
         if starts[i] < 0:
-            raise ValueError(
+            raise RLEError(
                 f"malformed RLE: start {numbers[2 * i]} is below "
                 f"the first pixel number {start_base}"
             )
         i = int(np.argmin(lengths))
         if lengths[i] == 0:
-            raise ValueError(f"malformed RLE: run {numbers[2 * i]} 0 has length 0")
-        ends = starts + lengths
-        i = int(np.argmax(ends))
-        if ends[i] > size:
-            raise ValueError(
+            raise RLEError(f"malformed RLE: run {numbers[2 * i]} 0 has length 0")
+        # A run fits when length <= size - start. Tested this way round, nothing
+        # overflows (starts and size are in [0, 2**63 - 1], so their difference is
+        # in range), whereas `start + length` can wrap around int64 to a small end.
+        past = np.flatnonzero(lengths > np.int64(min(size, _INT64_MAX)) - starts)
+        if past.size:
+            i = int(past[0])
+            end = int(starts[i]) + int(lengths[i]) - 1 + start_base  # Python ints: exact
+            raise RLEError(
                 f"malformed RLE: run {numbers[2 * i]} {lengths[i]} ends at pixel "
-                f"{ends[i] - 1 + start_base}, past the {size} pixels of shape {(height, width)}"
+                f"{end}, past the {size} pixels of shape {(height, width)}"
             )
     buffer = np.zeros(size, dtype=np.bool_)
     for s, e in zip(starts.tolist(), (starts + lengths).tolist(), strict=True):
@@ -360,6 +370,22 @@ def write_submission(
     logger.debug("wrote %d submission rows to %s", len(items), path)
 
 
+def _undecodable_line(path: Path) -> str:
+    """Describe where ``path`` first fails to decode as UTF-8 (after a failed text read)."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    # bytes.splitlines breaks at \n, \r and \r\n: the line numbers of a text-mode read.
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return (
+                f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line)"
+            )
+    return "not UTF-8 text"  # pragma: no cover - the file changed since the failed read
+
+
 def read_submission(path: str | os.PathLike[str]) -> dict[str, str]:
     r"""Read a Kaggle submission CSV (``id,predicted``) into ``{id: rle}``.
 
@@ -370,7 +396,7 @@ def read_submission(path: str | os.PathLike[str]) -> dict[str, str]:
     Parameters
     ----------
     path : str or path-like
-        The CSV file.
+        The CSV file, UTF-8 (with or without a byte-order mark).
 
     Returns
     -------
@@ -379,9 +405,13 @@ def read_submission(path: str | os.PathLike[str]) -> dict[str, str]:
 
     Raises
     ------
-    ValueError
-        If the header is not ``id,predicted``, a line has no comma, an id repeats,
-        or an RLE holds anything but digits and spaces; the message names the line.
+    RLEError
+        If the file is not UTF-8 text, the header is not ``id,predicted``, a line
+        has no comma, an id is empty or repeats, or an RLE holds anything but
+        digits and spaces; the message names the file and the line. It is a
+        :class:`ValueError`.
+    OSError
+        If the file cannot be read.
 
     Examples
     --------
@@ -390,29 +420,41 @@ def read_submission(path: str | os.PathLike[str]) -> dict[str, str]:
     >>> _ = p.write_text('id,predicted\naaa6a05cc,"3 5"\nb2dc8411c,\n')
     >>> read_submission(p)
     {'aaa6a05cc': '3 5', 'b2dc8411c': ''}
+    >>> _ = p.write_text('id,predicted\n,3 5\n')
+    >>> read_submission(p)
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.RLEError: .../submission.csv: line 2: empty image id
     """
     path = Path(path)
+    try:
+        return _read_submission(path)
+    except UnicodeDecodeError:
+        raise RLEError(f"{path}: {_undecodable_line(path)}") from None
+
+
+def _read_submission(path: Path) -> dict[str, str]:
     result: dict[str, str] = {}
     with path.open(encoding="utf-8-sig", newline=None) as handle:
         header = handle.readline().strip()
         if [h.strip().strip('"') for h in header.split(",")] != ["id", "predicted"]:
-            raise ValueError(f"{path}: line 1: expected header 'id,predicted', got {header!r}")
+            raise RLEError(f"{path}: line 1: expected header 'id,predicted', got {header!r}")
         for number, line in enumerate(handle, start=2):
             line = line.strip()
             if not line:
                 continue
             image_id, comma, rle = line.partition(",")
             if not comma:
-                raise ValueError(
-                    f"{path}: line {number}: expected 'id,predicted', got {line[:80]!r}"
-                )
+                raise RLEError(f"{path}: line {number}: expected 'id,predicted', got {line[:80]!r}")
             image_id = image_id.strip().strip('"')
             rle = rle.strip().strip('"').strip()
+            if not image_id:
+                raise RLEError(f"{path}: line {number}: empty image id")
             if not _RLE_PATTERN.fullmatch(rle):
-                raise ValueError(
+                raise RLEError(
                     f"{path}: line {number}: RLE of {image_id!r} must hold only digits and spaces"
                 )
             if image_id in result:
-                raise ValueError(f"{path}: line {number}: image id {image_id!r} appears twice")
+                raise RLEError(f"{path}: line {number}: image id {image_id!r} appears twice")
             result[image_id] = rle
     return result

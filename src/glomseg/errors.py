@@ -23,7 +23,9 @@ __all__ = [
     "DatasetError",
     "GlomsegError",
     "PretrainedWeightsError",
+    "RLEError",
     "SlideReadError",
+    "SlideReadWarning",
     "SlideTaskError",
     "WindowError",
     "look_up_option",
@@ -93,6 +95,19 @@ class AnnotationWarning(UserWarning):
     """
 
 
+class SlideReadWarning(UserWarning):
+    """A slide was read, but part of it has no data in the file and reads as background.
+
+    Emitted once per tile or strip whose byte count is 0 (a writer that skipped
+    empty tiles, or a damaged offset table), naming the file and the tile.
+
+    Examples
+    --------
+    >>> issubclass(SlideReadWarning, UserWarning)
+    True
+    """
+
+
 class WindowError(GlomsegError, ValueError):
     """A window is invalid, or lies outside the array or slide it is applied to.
 
@@ -150,6 +165,19 @@ class SlideTaskError(GlomsegError, RuntimeError):
 
 def _slide_task_error(failures: dict[str, str], total: int) -> SlideTaskError:
     return SlideTaskError(failures, total=total)
+
+
+class RLEError(GlomsegError, ValueError):
+    """A run-length string, or a submission CSV of them, is malformed.
+
+    Examples
+    --------
+    >>> from glomseg import rle_decode
+    >>> rle_decode("1 2 9223372036854775807 3", (3, 3))
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.RLEError: malformed RLE: run 9223372036854775807 3 ends at pixel ...
+    """
 
 
 def look_up_option(name: str, value: object, options: Iterable[str]) -> str:
