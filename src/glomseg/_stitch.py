@@ -348,6 +348,11 @@ class BandStitcher:
         self._row_weights = self._axis_sums(self.row_origins, self.row_profiles, 0)
         self._col_weights = self._axis_sums(self.col_origins, self.col_profiles, 1)
         self._sums = np.zeros((tile_size, self.padded_shape[1]), dtype=np.float32)
+        # Tiles share few distinct profiles (inner tiles all the same): their weights are cached.
+        self._row_kind = _profile_kinds(self.row_profiles)
+        self._col_kind = _profile_kinds(self.col_profiles)
+        self._weights: dict[tuple[int, int], NDArray[np.float32]] = {}
+        self._product = np.empty((tile_size, tile_size), dtype=np.float32)
         self._top = 0
         self._row = -1
         self._done = False
@@ -433,9 +438,13 @@ class BandStitcher:
             raise ValueError(f"probs must have shape {(t, t)}, got {probs.shape}")
         row = self.row_origins[grid_row] - self._top
         col = self.col_origins[grid_col]
-        weight = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
-        weight *= probs
-        self._sums[row : row + t, col : col + t] += weight
+        kind = (self._row_kind[grid_row], self._col_kind[grid_col])
+        weight = self._weights.get(kind)
+        if weight is None:
+            weight = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
+            self._weights[kind] = weight
+        np.multiply(weight, probs, out=self._product, casting="same_kind")
+        self._sums[row : row + t, col : col + t] += self._product
 
     def finish(self) -> tuple[int, NDArray[np.float32]]:
         """Hand out the remaining rows; the stitcher cannot be used afterwards."""
@@ -466,6 +475,12 @@ class BandStitcher:
         sums /= self._col_weights[None, :]
         np.clip(sums, 0.0, 1.0, out=sums)
         return sums
+
+
+def _profile_kinds(profiles: NDArray[np.float32]) -> list[int]:
+    """For each profile, the index of the first profile equal to it."""
+    first: dict[bytes, int] = {}
+    return [first.setdefault(profile.tobytes(), i) for i, profile in enumerate(profiles)]
 
 
 def _run_batch(
