@@ -64,7 +64,7 @@ def client():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: others may run a cluster too
         memory_limit="2GiB",
         silence_logs=40,
     )

@@ -177,9 +177,13 @@ def predict_slide(
 
             raise SlideReadError(f"{slide.path}: the reader is closed")
         return _predict(slide, model, out, cfg, pixel_size_um, normalizer, progress)
-    # Bands are read once, top to bottom: a small segment cache suffices.
-    # Reader threads decode pieces in parallel: one decoder thread each.
-    with SlideReader(slide, cache_bytes=_CACHE_BYTES, max_workers=1) as reader:
+    # Reader threads decode pieces of whole segments in parallel, one decoder thread
+    # each, top to bottom: the cache only keeps the segments a fractional downsample's
+    # pieces share at their edges, one row of segments.
+    with SlideReader(slide, cache_bytes=0, max_workers=1) as probe:
+        seg_h = probe.segment_shape[0]
+        cache = min(_CACHE_BYTES, 2 * seg_h * probe.shape[1] * 3)
+    with SlideReader(slide, cache_bytes=cache, max_workers=1) as reader:
         return _predict(reader, model, out, cfg, pixel_size_um, normalizer, progress)
 
 

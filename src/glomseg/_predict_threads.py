@@ -22,6 +22,7 @@ from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._reader import SlideReader
 from glomseg._row_stream import RowStream, default_workers
 from glomseg._scale import _centres
+from glomseg._slide_mask import _write_rows
 from glomseg._stitch import (
     BandStitcher,
 )
@@ -258,7 +259,7 @@ class _MaskWriter(threading.Thread):
             return
         begin = time.perf_counter()
         block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
-        self.store[self.written : self.written + n] = block[:n]
+        _write_rows(self.store, self.written, block[:n])
         self.written += n
         rest = block[n:]
         self.pending = [rest] if rest.shape[0] else []

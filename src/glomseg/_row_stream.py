@@ -33,7 +33,7 @@ from glomseg._window import Window
 __all__ = ["PIECE_BYTES", "RowStream", "default_workers"]
 
 #: Full-resolution bytes of a piece read by one worker (at least one segment).
-PIECE_BYTES = 8 * 2**20
+PIECE_BYTES = 4 * 2**20
 #: Full-resolution columns of a piece, for slides whose segments are narrower.
 _PIECE_COLS = 2048
 
