@@ -231,8 +231,7 @@ class _MaskWriter(threading.Thread):
         begin = time.perf_counter()
         ds = self.downsample
         h, w = self.full_shape
-        probs = self.stitcher.normalise(start, sums)
-        mask = (probs > np.float32(self.config.threshold)).view(np.uint8)
+        mask = self.stitcher.threshold(start, sums, self.config.threshold).view(np.uint8)
         stop = start + mask.shape[0]
         if isinstance(ds, int):
             rows = min(stop * ds, h) - start * ds

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
@@ -58,6 +58,9 @@ __all__ = [
     "flip_tta",
     "sliding_window_predict",
 ]
+
+#: Bytes of float32 sums divided at once, to stay in the CPU's cache.
+_SLAB_BYTES = 256 * 2**10
 
 logger = logging.getLogger(__name__)
 
@@ -470,11 +473,35 @@ class BandStitcher:
         numpy.ndarray
             ``sums``, now ``float32`` probabilities.
         """
-        stop = start + sums.shape[0]
-        sums /= self._row_weights[start:stop, None]
-        sums /= self._col_weights[None, :]
-        np.clip(sums, 0.0, 1.0, out=sums)
+        for rows in self._divided(start, sums):
+            np.clip(rows, 0.0, 1.0, out=rows)
         return sums
+
+    def threshold(
+        self, start: int, sums: NDArray[np.float32], threshold: float
+    ) -> NDArray[np.bool_]:
+        """``normalise(start, sums) > threshold``, without keeping the probabilities.
+
+        The same mask (clipping to ``[0, 1]`` cannot move a value across a
+        threshold in ``[0, 1)``), in fewer passes over memory. ``sums`` is
+        divided in place.
+        """
+        out = np.empty(sums.shape, dtype=np.bool_)
+        limit = np.float32(threshold)
+        row = 0
+        for rows in self._divided(start, sums):
+            np.greater(rows, limit, out=out[row : row + rows.shape[0]])
+            row += rows.shape[0]
+        return out
+
+    def _divided(self, start: int, sums: NDArray[np.float32]) -> Iterator[NDArray[np.float32]]:
+        """Divide ``sums`` by the weights in slabs of rows that stay in the CPU cache."""
+        step = max(1, _SLAB_BYTES // (4 * max(1, sums.shape[1])))
+        for r in range(0, sums.shape[0], step):
+            rows = sums[r : r + step]
+            rows /= self._row_weights[start + r : start + r + rows.shape[0], None]
+            rows /= self._col_weights[None, :]
+            yield rows
 
 
 def _profile_kinds(profiles: NDArray[np.float32]) -> list[int]:
