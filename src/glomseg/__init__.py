@@ -105,6 +105,7 @@ from glomseg.errors import (
     PretrainedWeightsError,
     RLEError,
     SlideReadError,
+    SlideReadWarning,
     SlideTaskError,
     WindowError,
 )
@@ -159,6 +160,7 @@ __all__ = [
     "SlideMask",
     "SlideOutcome",
     "SlideReadError",
+    "SlideReadWarning",
     "SlideReader",
     "SlideSource",
     "SlideTaskError",
