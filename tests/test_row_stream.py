@@ -110,3 +110,44 @@ def test_a_worker_error_reaches_the_caller(slides, tmp_path):
 def test_workers_is_validated():
     with pytest.raises(ValueError, match="workers"):
         PredictConfig(workers=0)
+
+
+@settings(max_examples=40)
+@given(
+    tile=st.sampled_from([8, 16, 24]),
+    stride_share=st.sampled_from([0.25, 0.5, 0.75, 1.0]),
+    width=st.integers(20, 120),
+    stripes=st.integers(2, 5),
+    seed=st.integers(0, 2**16),
+    blending=st.sampled_from(["gaussian", "mean", "crop"]),
+)
+def test_striped_blending_adds_the_same_bits_as_one_tile_after_another(
+    tile, stride_share, width, stripes, seed, blending
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from glomseg import BandStitcher
+
+    width = max(width, tile)
+    stride = max(1, int(tile * stride_share))
+    shape = (tile * 3, width)
+    rng = np.random.default_rng(seed)
+    serial = BandStitcher(shape, tile, stride, blending=blending)
+    striped = BandStitcher(shape, tile, stride, blending=blending)
+    outputs = {"serial": [], "striped": []}
+    with ThreadPoolExecutor(stripes) as pool:
+        for i in range(len(serial.row_origins)):
+            for name, stitcher in (("serial", serial), ("striped", striped)):
+                outputs[name].append(stitcher.start_row(i))
+            tiles = [
+                (j, rng.random((tile, tile)).astype(np.float32))
+                for j in range(len(serial.col_origins))
+            ]
+            for j, probs in tiles:
+                serial.add(i, j, probs)
+            striped.add_tiles(i, tiles, pool, stripes)
+    outputs["serial"].append(serial.finish())
+    outputs["striped"].append(striped.finish())
+    for (start_a, a), (start_b, b) in zip(outputs["serial"], outputs["striped"], strict=True):
+        assert start_a == start_b
+        np.testing.assert_array_equal(a, b)  # bit for bit, not approximately

@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -187,6 +188,9 @@ class _MaskWriter(threading.Thread):
         assert config.downsample is not None
         self.downsample: int | float = config.downsample
         self.next_row = 0  # the next full-resolution row to hand to the store
+        # Blending runs in column stripes, one thread each, when there are cores for it.
+        self.stripes = config.workers or default_workers()
+        self.pool = ThreadPoolExecutor(self.stripes) if self.stripes > 1 else None
         if not isinstance(self.downsample, int):
             self.cols = _centres(0, full_shape[1], self.downsample, stitcher.shape[1])
 
@@ -208,13 +212,23 @@ class _MaskWriter(threading.Thread):
                     self._flush(final=True)
                     return
                 keys, probs = item
-                for (i, j), p in zip(keys, probs, strict=True):
+                start = 0
+                while start < len(keys):  # runs of tiles of one grid row
+                    i = keys[start][0]
+                    stop = start
+                    while stop < len(keys) and keys[stop][0] == i:
+                        stop += 1
                     self._advance(i)
                     begin = time.perf_counter()
-                    self.stitcher.add(i, j, p)
+                    tiles = [(keys[k][1], probs[k]) for k in range(start, stop)]
+                    self.stitcher.add_tiles(i, tiles, self.pool, self.stripes)
                     self.stats.stitch_s += time.perf_counter() - begin
+                    start = stop
         except BaseException as error:  # handed to the calling thread
             self.error = error
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _advance(self, to_row: int) -> None:
         """Start grid rows up to ``to_row``, writing the rows that become final."""

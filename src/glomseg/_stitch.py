@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
@@ -431,6 +432,61 @@ class BandStitcher:
         probs : numpy.ndarray
             ``(tile_size, tile_size)`` probabilities.
         """
+        weight = self._checked_weight(grid_row, probs)
+        t = self.tile_size
+        row = self.row_origins[grid_row] - self._top
+        col = self.col_origins[grid_col]
+        np.multiply(weight(grid_col), probs, out=self._product, casting="same_kind")
+        self._sums[row : row + t, col : col + t] += self._product
+
+    def add_tiles(
+        self,
+        grid_row: int,
+        tiles: Sequence[tuple[int, NDArray[np.floating[Any]]]],
+        pool: Executor | None = None,
+        stripes: int = 1,
+    ) -> None:
+        """Add ``(grid_col, probs)`` tiles of the current row, as :meth:`add` in order would.
+
+        With a ``pool``, ``stripes`` threads each add the tiles' parts that fall in
+        their own band of columns, tile after tile: every pixel receives the same
+        sums in the same order, so the result is the same to the bit.
+        """
+        weights = {}
+        for grid_col, probs in tiles:
+            weights[grid_col] = self._checked_weight(grid_row, probs)(grid_col)
+        if pool is None or stripes < 2 or len(tiles) < 2:
+            for grid_col, probs in tiles:
+                self.add(grid_row, grid_col, probs)
+            return
+        t = self.tile_size
+        row = self.row_origins[grid_row] - self._top
+        first = self.col_origins[min(c for c, _ in tiles)]
+        last = self.col_origins[max(c for c, _ in tiles)] + t
+        edges = np.linspace(first, last, stripes + 1).round().astype(int)
+
+        def stripe(lo: int, hi: int) -> None:
+            product = np.empty((t, t), dtype=np.float32)
+            for grid_col, probs in tiles:
+                col = self.col_origins[grid_col]
+                a, b = max(lo, col), min(hi, col + t)
+                if a >= b:
+                    continue
+                part = product[:, : b - a]
+                np.multiply(
+                    weights[grid_col][:, a - col : b - col],
+                    probs[:, a - col : b - col],
+                    out=part,
+                    casting="same_kind",
+                )
+                self._sums[row : row + t, a:b] += part
+
+        list(pool.map(stripe, edges[:-1].tolist(), edges[1:].tolist()))
+
+    def _checked_weight(
+        self, grid_row: int, probs: NDArray[np.floating[Any]]
+    ) -> Callable[[int], NDArray[np.float32]]:
+        """Check a tile of ``grid_row``; return its blending weight as a function of its column."""
         if grid_row != self._row:
             raise ValueError(
                 f"tiles must come in raster order: grid row {self._row} is current, "
@@ -439,15 +495,16 @@ class BandStitcher:
         t = self.tile_size
         if probs.shape != (t, t):
             raise ValueError(f"probs must have shape {(t, t)}, got {probs.shape}")
-        row = self.row_origins[grid_row] - self._top
-        col = self.col_origins[grid_col]
-        kind = (self._row_kind[grid_row], self._col_kind[grid_col])
-        weight = self._weights.get(kind)
-        if weight is None:
-            weight = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
-            self._weights[kind] = weight
-        np.multiply(weight, probs, out=self._product, casting="same_kind")
-        self._sums[row : row + t, col : col + t] += self._product
+
+        def weight(grid_col: int) -> NDArray[np.float32]:
+            kind = (self._row_kind[grid_row], self._col_kind[grid_col])
+            cached = self._weights.get(kind)
+            if cached is None:
+                cached = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
+                self._weights[kind] = cached
+            return cached
+
+        return weight
 
     def finish(self) -> tuple[int, NDArray[np.float32]]:
         """Hand out the remaining rows; the stitcher cannot be used afterwards."""
