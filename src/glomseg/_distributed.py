@@ -27,6 +27,7 @@ only when a client is given; ``import glomseg`` never imports it.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import inspect
@@ -35,6 +36,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -260,6 +262,39 @@ def _load_model(model: ModelSource) -> Any:
         return _MODELS[key]
 
 
+#: Whether :func:`_restore_malloc` has run in this process.
+_MALLOC_SET = False
+#: glibc's ``mallopt`` parameters and the values set on Dask workers: the largest
+#: mmap threshold glibc's adaptive rule would reach on 64-bit, and a trim threshold
+#: that keeps a few pieces of freed memory for reuse.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 * 2**20
+_TRIM_THRESHOLD = 128 * 2**20
+
+
+def _restore_malloc() -> None:
+    """Let freed arrays be reused on a Dask worker, as in a plain process (glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns
+    off glibc's adaptive mmap threshold: every array over 128 KiB is then mapped
+    and unmapped anew, and a slide takes twice as long (see the benchmarks). This
+    sets the thresholds glibc's adaptive rule would reach, once per process.
+    """
+    global _MALLOC_SET
+    if _MALLOC_SET:
+        return
+    _MALLOC_SET = True
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc: nothing to undo
+        return
+    logger.debug("set glibc's mmap and trim thresholds in process %d", os.getpid())
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -335,6 +370,8 @@ def _predict_one(
     """Predict one slide and write its outputs; errors come back in the outcome."""
     begin = time.perf_counter()
     worker = _worker_name()
+    if worker != "local":
+        _restore_malloc()
     mask_path, rle_path, done_path = _outputs(out_dir, slide_id)
     try:
         _remove_partials(out_dir, slide_id)
@@ -520,6 +557,14 @@ def predict_slides(
         with another model or settings and ``overwrite`` is False.
     TypeError
         If ``model`` is a loaded model or a function that takes arguments.
+
+    Notes
+    -----
+    On a Dask worker started with ``MALLOC_TRIM_THRESHOLD_`` (Dask's nanny sets
+    it to 65536), the first task sets glibc's mmap threshold to 32 MiB and its
+    trim threshold to 128 MiB for that process, the values glibc's own adaptive
+    rule reaches: with Dask's setting every large array is mapped and unmapped
+    anew, and a slide took twice as long.
 
     Examples
     --------
