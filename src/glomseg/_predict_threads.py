@@ -180,10 +180,12 @@ class _MaskWriter(threading.Thread):
         self.stats = stats
         self.error: BaseException | None = None
         self.abort = threading.Event()
-        self.pending: list[NDArray[np.uint8]] = []
+        # Queued full-resolution rows: (row count, (first column, the span that holds
+        # mask pixels) or None where all of them are 0).
+        self.pending: list[tuple[int, tuple[int, NDArray[np.uint8]] | None]] = []
         self.pending_rows = 0
         self.written = 0
-        self.chunk_rows = int(store.chunks[0])
+        self.chunk_rows, self.chunk_cols = (int(c) for c in store.chunks)
         self.current = -1
         assert config.downsample is not None
         self.downsample: int | float = config.downsample
@@ -240,6 +242,11 @@ class _MaskWriter(threading.Thread):
             self._band(start, sums)
 
     def _band(self, start: int, sums: NDArray[np.float32]) -> None:
+        """Threshold finished prediction rows and queue them at full resolution.
+
+        Only the span of columns that holds mask pixels is mapped to full
+        resolution; the rest of the band is known to be 0 and costs nothing.
+        """
         if not sums.shape[0]:
             return
         begin = time.perf_counter()
@@ -249,34 +256,68 @@ class _MaskWriter(threading.Thread):
         stop = start + mask.shape[0]
         if isinstance(ds, int):
             rows = min(stop * ds, h) - start * ds
-            if ds > 1:
-                mask = np.repeat(np.repeat(mask, ds, axis=0)[:rows], ds, axis=1)[:, :w]
         else:
             # Full-resolution rows whose centres fall in prediction rows [start, stop).
             last = h if stop == self.stitcher.shape[0] else min(h, math.ceil(stop * ds) + 1)
             owner = _centres(self.next_row, last, ds, self.stitcher.shape[0])
             owner = owner[owner < stop]
             rows = len(owner)
-            mask = mask[owner - start][:, self.cols]
+        span: tuple[int, NDArray[np.uint8]] | None = None
+        hits = np.flatnonzero(mask.any(axis=0))
+        if hits.size:
+            p0, p1 = int(hits[0]), int(hits[-1]) + 1
+            if isinstance(ds, int):
+                f0, f1 = p0 * ds, min(p1 * ds, w)
+                full = mask[:, p0:p1]
+                if ds > 1:
+                    full = np.repeat(np.repeat(full, ds, axis=0)[:rows], ds, axis=1)
+                full = full[:rows, : f1 - f0]
+            else:
+                f0, f1 = np.searchsorted(self.cols, [p0, p1]).tolist()
+                full = mask[owner - start][:, self.cols[f0:f1]]
+            span = (int(f0), np.ascontiguousarray(full))
         self.next_row += rows
-        self.pending.append(np.ascontiguousarray(mask))
+        self.pending.append((rows, span))
         self.pending_rows += rows
         self.stats.stitch_s += time.perf_counter() - begin
         self._flush(final=False)
 
     def _flush(self, *, final: bool) -> None:
+        """Write whole rows of chunks (all that is left when ``final``)."""
         if not self.pending_rows:
             return
         n = self.pending_rows if final else self.pending_rows // self.chunk_rows * self.chunk_rows
         if n == 0:
             return
         begin = time.perf_counter()
-        block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
-        _write_rows(self.store, self.written, block[:n])
+        taken: list[tuple[int, tuple[int, NDArray[np.uint8]] | None]] = []
+        wanted = n
+        while wanted:
+            rows, span = self.pending.pop(0)
+            if rows > wanted:  # split: the rest waits for the next flush
+                rest = None if span is None else (span[0], span[1][wanted:])
+                self.pending.insert(0, (rows - wanted, rest))
+                span = None if span is None else (span[0], span[1][:wanted])
+                rows = wanted
+            taken.append((rows, span))
+            wanted -= rows
+        self.pending_rows -= n
+        spans = [(r, s) for r, s in taken if s is not None and s[1].shape[1]]
+        if spans:
+            # One block over the chunk columns the spans touch; the rest of the band is 0.
+            chunk = self.chunk_cols
+            c0 = min(s[0] for _, s in spans) // chunk * chunk
+            c1 = max(s[0] + s[1].shape[1] for _, s in spans)
+            c1 = min(self.full_shape[1], -(-c1 // chunk) * chunk)
+            block = np.zeros((n, c1 - c0), dtype=np.uint8)
+            row = 0
+            for rows, span in taken:
+                if span is not None:
+                    f0, full = span
+                    block[row : row + rows, f0 - c0 : f0 - c0 + full.shape[1]] = full
+                row += rows
+            _write_rows(self.store, self.written, block, col0=c0)
         self.written += n
-        rest = block[n:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.pending_rows = rest.shape[0]
         self.stats.write_s += time.perf_counter() - begin
 
     def send(self, item: object) -> None:

@@ -393,10 +393,14 @@ def _create_store(
     return array
 
 
-def _write_rows(store: zarr.Array[Any], start: int, rows: NDArray[np.uint8]) -> None:
-    """Write mask rows from ``start``: only the span of chunk columns that holds a 1.
+def _write_rows(
+    store: zarr.Array[Any], start: int, rows: NDArray[np.uint8], *, col0: int = 0
+) -> None:
+    """Write mask rows from row ``start``, column ``col0``: only the chunk columns with a 1.
 
-    Chunks left out stay unwritten and read as 0, so background costs no disk.
+    ``col0`` must be a multiple of the chunk width, and ``rows`` must end at a
+    chunk boundary or at the mask's right edge. Chunks left out stay unwritten
+    and read as 0, so background costs no disk.
     """
     hits = np.flatnonzero(rows.any(axis=0))
     if not hits.size:
@@ -404,7 +408,7 @@ def _write_rows(store: zarr.Array[Any], start: int, rows: NDArray[np.uint8]) -> 
     chunk = int(store.chunks[1])
     c0 = int(hits[0]) // chunk * chunk
     c1 = min(rows.shape[1], (int(hits[-1]) // chunk + 1) * chunk)
-    store[start : start + rows.shape[0], c0:c1] = rows[:, c0:c1]
+    store[start : start + rows.shape[0], col0 + c0 : col0 + c1] = rows[:, c0:c1]
 
 
 def _is_mask_store(path: Path) -> bool:
