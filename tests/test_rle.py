@@ -400,3 +400,22 @@ def test_read_submission_errors_are_typed(tmp_path: Path) -> None:
     path.write_text("image,rle\n")
     with pytest.raises(RLEError, match="line 1: expected header"):
         read_submission(path)
+
+
+def test_write_submission_streams_rows_and_keeps_the_old_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "s.csv"
+    target.write_text("old\n")
+    asked: list[str] = []
+
+    def rows():
+        for image_id, rle in (("a", "1 2"), ("b", "3 x")):
+            asked.append(image_id)
+            yield image_id, rle
+
+    with pytest.raises(ValueError, match="RLE of 'b'"):
+        write_submission(target, rows())
+    assert asked == ["a", "b"]  # consumed as written
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]
+    write_submission(target, iter([("a", "1 2")]))
+    assert target.read_text() == "id,predicted\na,1 2\n"

@@ -45,9 +45,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from glomseg._files import atomic_path, write_bytes_atomic
+from glomseg._files import write_bytes_atomic
 from glomseg._predict import predict_slide
 from glomseg._predict_config import PredictConfig, PredictionStats
+from glomseg._rle import write_submission
 from glomseg._stitch import Predictor
 from glomseg.errors import SlideReadError
 
@@ -634,15 +635,15 @@ def predict_slides(
 
 
 def _write_submission(path: Path, outcomes: Mapping[str, SlideOutcome]) -> Path:
-    """The submission CSV, one slide's RLE in memory at a time (as :func:`write_submission`)."""
-    from glomseg._rle import _SUBMISSION_HEADER
+    """The submission CSV, reading one slide's RLE file at a time."""
 
-    with atomic_path(path) as tmp, tmp.open("w", encoding="ascii", newline="\n") as handle:
-        handle.write(_SUBMISSION_HEADER + "\n")
+    def rows() -> Iterator[tuple[str, str]]:
         for slide_id, outcome in outcomes.items():
             assert outcome.rle is not None
             rle = outcome.rle.read_text(encoding="ascii").strip()
             if rle and not rle.replace(" ", "").isdigit():
                 raise SlideReadError(f"{outcome.rle}: not a run-length encoding")
-            handle.write(f"{slide_id},{rle}\n")
+            yield slide_id, rle
+
+    write_submission(path, rows())
     return path

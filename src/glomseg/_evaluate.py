@@ -12,6 +12,7 @@ import numpy as np
 
 from glomseg._annotations import read_annotations
 from glomseg._rasterize import MaskRasterizer
+from glomseg._row_stream import default_workers
 from glomseg._slide_mask import MaskLike, _as_mask, _mask_shape, _read_mask
 from glomseg._tiling import _positive_int
 from glomseg._window import Window
@@ -155,7 +156,7 @@ def evaluate_slide(
     mask = _as_mask(prediction)
     rasterizer = _rasterizer(truth)
     side = _positive_int("window", window)
-    threads = (os.cpu_count() or 1) if workers is None else _positive_int("workers", workers)
+    threads = default_workers() if workers is None else _positive_int("workers", workers)
     h, w = _mask_shape(mask)
     windows = [
         Window.from_bounds(r, c, min(r + side, h), min(c + side, w))

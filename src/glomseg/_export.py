@@ -38,6 +38,7 @@ from glomseg._files import write_bytes_atomic
 from glomseg._filtering import TileFilter, tile_stats
 from glomseg._rasterize import MaskRasterizer
 from glomseg._reader import SlideReader
+from glomseg._row_stream import default_workers
 from glomseg._tiling import Tile, Tiler, tile_name
 from glomseg.errors import DatasetError, look_up_option
 
@@ -296,7 +297,7 @@ def export_tiles(
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     if threads is None:
-        threads = os.cpu_count() or 1
+        threads = default_workers()
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     if client is not None:

@@ -320,7 +320,8 @@ def write_submission(
         Destination ``.csv`` file. It is written to a temporary file in the same
         folder that then replaces ``path``.
     rows : mapping or iterable of (id, rle)
-        Image id to RLE string (see :func:`rle_encode`), in the order to write.
+        Image id to RLE string (see :func:`rle_encode`), in the order to write;
+        an iterator is consumed one row at a time.
 
     Raises
     ------
@@ -340,34 +341,39 @@ def write_submission(
     b2dc8411c,
     """
     path = Path(path)
-    items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
+    items = rows.items() if isinstance(rows, Mapping) else rows
     seen: set[str] = set()
-    lines = [_SUBMISSION_HEADER]
-    for item in items:
-        if not (isinstance(item, tuple | list) and len(item) == 2):
-            raise ValueError(f"rows must hold (id, rle) pairs, got {item!r}")
-        image_id, rle = item
-        if (
-            not isinstance(image_id, str)
-            or not image_id
-            or any(c in image_id for c in ',"\r\n')
-            or image_id != image_id.strip()
-        ):
-            raise ValueError(
-                f'image id must be a non-empty str without , " or newlines, '
-                f"nor spaces around it: {image_id!r}"
-            )
-        if image_id in seen:
-            raise ValueError(f"image id {image_id!r} appears twice")
-        seen.add(image_id)
-        if not isinstance(rle, str) or not _RLE_PATTERN.fullmatch(rle):
-            raise ValueError(f"RLE of {image_id!r} must be a str of digits and spaces")
-        lines.append(f"{image_id},{rle.strip()}")
+    # Rows are checked as they are written, one at a time, so an iterator that reads
+    # each slide's RLE only when asked keeps one in memory; on an error the temporary
+    # file is removed and ``path`` is left as it was.
     with atomic_path(path) as tmp, tmp.open("w", encoding="ascii", newline="\n") as handle:
-        for line in lines:
-            handle.write(line)
-            handle.write("\n")
-    logger.debug("wrote %d submission rows to %s", len(items), path)
+        handle.write(_SUBMISSION_HEADER + "\n")
+        for item in items:
+            handle.write(_submission_line(item, seen) + "\n")
+    logger.debug("wrote %d submission rows to %s", len(seen), path)
+
+
+def _submission_line(item: object, seen: set[str]) -> str:
+    """One checked ``id,rle`` row; ``seen`` holds the ids written before it."""
+    if not (isinstance(item, tuple | list) and len(item) == 2):
+        raise ValueError(f"rows must hold (id, rle) pairs, got {item!r}")
+    image_id, rle = item
+    if (
+        not isinstance(image_id, str)
+        or not image_id
+        or any(c in image_id for c in ',"\r\n')
+        or image_id != image_id.strip()
+    ):
+        raise ValueError(
+            f'image id must be a non-empty str without , " or newlines, '
+            f"nor spaces around it: {image_id!r}"
+        )
+    if image_id in seen:
+        raise ValueError(f"image id {image_id!r} appears twice")
+    seen.add(image_id)
+    if not isinstance(rle, str) or not _RLE_PATTERN.fullmatch(rle):
+        raise ValueError(f"RLE of {image_id!r} must be a str of digits and spaces")
+    return f"{image_id},{rle.strip()}"
 
 
 def _undecodable_line(path: Path) -> str:

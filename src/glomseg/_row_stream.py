@@ -39,8 +39,8 @@ _PIECE_COLS = 2048
 
 
 def default_workers() -> int:
-    """The machine's cores: the reader threads of :func:`glomseg.predict_slide` by default."""
-    return max(1, os.cpu_count() or 1)
+    """The machine's cores: the default of glomseg's reader, writer and export threads."""
+    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -591,9 +591,11 @@ def write_submission_csv(path: str | os.PathLike[str], masks: Mapping[str, MaskL
     aaa,1 1 4 1
     bbb,
     """
-    rows: list[tuple[str, str]] = []
-    for slide_id, mask in masks.items():
-        rows.append((slide_id, _rle_by_column_bands(_as_mask(mask))))
-        logger.debug("encoded %s", slide_id)
-    write_submission(path, rows)
+
+    def rows() -> Iterator[tuple[str, str]]:  # one slide's RLE in memory at a time
+        for slide_id, mask in masks.items():
+            yield slide_id, _rle_by_column_bands(_as_mask(mask))
+            logger.debug("encoded %s", slide_id)
+
+    write_submission(path, rows())
     return Path(path)

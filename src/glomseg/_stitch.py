@@ -432,11 +432,12 @@ class BandStitcher:
         probs : numpy.ndarray
             ``(tile_size, tile_size)`` probabilities.
         """
-        weight = self._checked_weight(grid_row, probs)
+        self._check_tile(grid_row, probs)
         t = self.tile_size
         row = self.row_origins[grid_row] - self._top
         col = self.col_origins[grid_col]
-        np.multiply(weight(grid_col), probs, out=self._product, casting="same_kind")
+        weight = self._weight(grid_row, grid_col)
+        np.multiply(weight, probs, out=self._product, casting="same_kind")
         self._sums[row : row + t, col : col + t] += self._product
 
     def add_tiles(
@@ -452,13 +453,13 @@ class BandStitcher:
         their own band of columns, tile after tile: every pixel receives the same
         sums in the same order, so the result is the same to the bit.
         """
-        weights = {}
-        for grid_col, probs in tiles:
-            weights[grid_col] = self._checked_weight(grid_row, probs)(grid_col)
         if pool is None or stripes < 2 or len(tiles) < 2:
             for grid_col, probs in tiles:
                 self.add(grid_row, grid_col, probs)
             return
+        for _, probs in tiles:
+            self._check_tile(grid_row, probs)
+        weights = {grid_col: self._weight(grid_row, grid_col) for grid_col, _ in tiles}
         t = self.tile_size
         row = self.row_origins[grid_row] - self._top
         first = self.col_origins[min(c for c, _ in tiles)]
@@ -483,10 +484,7 @@ class BandStitcher:
 
         list(pool.map(stripe, edges[:-1].tolist(), edges[1:].tolist()))
 
-    def _checked_weight(
-        self, grid_row: int, probs: NDArray[np.floating[Any]]
-    ) -> Callable[[int], NDArray[np.float32]]:
-        """Check a tile of ``grid_row``; return its blending weight as a function of its column."""
+    def _check_tile(self, grid_row: int, probs: NDArray[np.floating[Any]]) -> None:
         if grid_row != self._row:
             raise ValueError(
                 f"tiles must come in raster order: grid row {self._row} is current, "
@@ -496,14 +494,13 @@ class BandStitcher:
         if probs.shape != (t, t):
             raise ValueError(f"probs must have shape {(t, t)}, got {probs.shape}")
 
-        def weight(grid_col: int) -> NDArray[np.float32]:
-            kind = (self._row_kind[grid_row], self._col_kind[grid_col])
-            cached = self._weights.get(kind)
-            if cached is None:
-                cached = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
-                self._weights[kind] = cached
-            return cached
-
+    def _weight(self, grid_row: int, grid_col: int) -> NDArray[np.float32]:
+        """The blending weight of a tile, shared by the tiles with the same profiles."""
+        kind = (self._row_kind[grid_row], self._col_kind[grid_col])
+        weight = self._weights.get(kind)
+        if weight is None:
+            weight = np.multiply.outer(self.row_profiles[grid_row], self.col_profiles[grid_col])
+            self._weights[kind] = weight
         return weight
 
     def finish(self) -> tuple[int, NDArray[np.float32]]:
