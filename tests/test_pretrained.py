@@ -68,6 +68,12 @@ def test_the_shipped_model_and_its_card_are_package_data() -> None:
         assert 0 < scores["min"] <= scores["mean"] <= 1
         assert 0 < scores["pooled"] <= 1
     assert card.speed["cpu_mpx_per_s"] > 0
+    # The region confidence it predicts with is the one its training images chose.
+    config = json.loads((folder / "config.json").read_text())
+    chosen = card.validation["min_confidence"]
+    assert config["min_confidence"] == chosen
+    on_training = card.validation["min_confidence_training_dice"]
+    assert on_training[f"{chosen:g}"] == max(on_training.values())
     assert (folder / "ATTRIBUTION.md").is_file()
     assert "MIT" in card.licence
     pyproject = (ROOT / "pyproject.toml").read_text()

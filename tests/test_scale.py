@@ -197,6 +197,7 @@ def scale_cases(draw):
         tta=draw(st.booleans()),
         batch_size=draw(st.integers(1, 5)),
         skip_background=draw(st.booleans()),
+        min_confidence=draw(st.sampled_from([None, 0.0, 0.7, 0.9])),
         chunk_size=16,
     )
     return image_of(shape, draw(st.integers(0, 2**16))), input_px, metadata, config
@@ -209,6 +210,7 @@ def test_predict_image_equals_predict_slide(tmp_path_factory, case):
     tmp = tmp_path_factory.mktemp("same")
     path = write_tiff(tmp / "s.tif", image, input_px if metadata else None)
     model = FakeModel(pixel_size_um=1.0, downsample=2.5)
+    model.config.min_confidence = 0.8  # used where the config leaves it None
     slide = predict_slide(path, model, tmp / "m.zarr", config=config, progress=False)
     with SlideReader(path) as reader:
         known = reader.pixel_size_um  # as the file stores it

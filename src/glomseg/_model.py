@@ -125,6 +125,9 @@ class ModelConfig:
     stain : dict or None
         A stain normaliser fitted on the training images, as its ``to_dict()``
         (see :attr:`GlomUNet.stain_normalizer`), or None.
+    min_confidence : float or None
+        Prediction removes regions of the mask whose mean probability is below
+        this (see :class:`glomseg.PredictConfig`), in ``[0, 1)``; None: keep all.
 
     Examples
     --------
@@ -153,6 +156,7 @@ class ModelConfig:
     pixel_size_um: float | None = None
     downsample: float | None = None
     stain: Mapping[str, Any] | None = field(default=None, compare=True)
+    min_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -187,6 +191,13 @@ class ModelConfig:
             raise TypeError(
                 f"stain must be None or a dict (a normaliser's to_dict()), got {self.stain!r}"
             )
+        confidence = self.min_confidence
+        if confidence is not None and (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not 0 <= confidence < 1
+        ):
+            raise ValueError(f"min_confidence must be None or in [0, 1), got {confidence!r}")
         momentum = self.bn_momentum
         if momentum is not None and (
             isinstance(momentum, bool)
@@ -259,7 +270,7 @@ class GlomUNet:
         file and its URL) or a path to a local ``.h5`` file (for example the
         ``*_no_top.h5`` ImageNet file, or any weights saved from a model of the
         same backbone), whose layers are loaded by name.
-    bn_momentum, decoder_filters, pixel_size_um, downsample
+    bn_momentum, decoder_filters, pixel_size_um, downsample, min_confidence
         See :class:`ModelConfig`.
     stain : stain normaliser or dict, optional
         A normaliser fitted on the training images (e.g.
@@ -307,6 +318,7 @@ class GlomUNet:
         pixel_size_um: float | None = None,
         downsample: float | None = None,
         stain: Any = None,
+        min_confidence: float | None = None,
     ) -> None:
         weights = os.fspath(encoder_weights) if encoder_weights is not None else None
         config = ModelConfig(
@@ -322,6 +334,7 @@ class GlomUNet:
             pixel_size_um=pixel_size_um,
             downsample=downsample,
             stain=_stain_dict(stain),
+            min_confidence=min_confidence,
         )
         self._config = config
         self._model = self._build(config)
@@ -475,6 +488,16 @@ class GlomUNet:
             The normaliser, or its ``to_dict()``.
         """
         self._config = dataclasses.replace(self._config, stain=_stain_dict(normalizer))
+
+    def set_min_confidence(self, value: float | None) -> None:
+        """Store the region confidence prediction applies by default (None: keep all regions).
+
+        :func:`glomseg.predict_slide` and :func:`glomseg.predict_image` remove
+        regions of the mask whose mean probability is below it, unless their
+        :class:`glomseg.PredictConfig` sets ``min_confidence``; :meth:`save`
+        keeps it in the configuration.
+        """
+        self._config = dataclasses.replace(self._config, min_confidence=value)
 
     @property
     def keras_model(self) -> Any:

@@ -58,6 +58,7 @@ from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._predict_threads import _END, _POLL_S, _Failure, _MaskWriter, _TileReader
 from glomseg._reader import SlideReader
 from glomseg._scale import (
+    _min_confidence,
     _stain_normalizer,
     _tile_model,
     resolve_scale,
@@ -202,7 +203,8 @@ def _predict(
     if pixel_size_um is None and cfg.downsample is None:
         pixel_size_um = reader.pixel_size_um
     tile_size, ds = resolve_scale(predictor, pixel_size_um, config=cfg)
-    cfg = replace(cfg, tile_size=tile_size, downsample=ds)
+    confidence = _min_confidence(predictor, cfg)
+    cfg = replace(cfg, tile_size=tile_size, downsample=ds, min_confidence=confidence)
     full_shape = reader.shape
     stitcher = BandStitcher(
         prediction_shape(full_shape, ds),

@@ -67,6 +67,11 @@ class PredictConfig:
     threshold : float
         A pixel is in the mask when its blended probability is strictly greater,
         in ``[0, 1)``.
+    min_confidence : float, optional
+        Remove every 8-connected region of the thresholded mask (at prediction
+        resolution) whose mean probability is below this, in ``[0, 1)``; 0 keeps
+        every region (see :mod:`glomseg._objects`). Default ``None``: the model's
+        ``config.min_confidence`` (chosen on its training images), else 0.
     edge : {"shift", "pad"}
         The last tile along an axis ends at the slide edge (``"shift"``), or
         extends past it and is padded with white glass (``"pad"``).
@@ -120,6 +125,7 @@ class PredictConfig:
     blending: Blending = "gaussian"
     tta: bool = False
     threshold: float = 0.5
+    min_confidence: float | None = None
     edge: GridEdge = "shift"
     skip_background: bool = True
     saturation_threshold: int = 40
@@ -153,6 +159,9 @@ class PredictConfig:
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "threshold", _unit_interval("threshold", self.threshold))
         object.__setattr__(self, "min_tissue", _unit_interval("min_tissue", self.min_tissue))
+        if self.min_confidence is not None:
+            confidence = _unit_interval("min_confidence", self.min_confidence)
+            object.__setattr__(self, "min_confidence", confidence)
         sat = _positive_int("saturation_threshold", self.saturation_threshold, minimum=0)
         if sat > 255:
             raise ValueError(f"saturation_threshold must be in [0, 255], got {sat}")

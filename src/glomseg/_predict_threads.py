@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from glomseg._objects import ObjectFilter
 from glomseg._predict_config import PredictConfig, PredictionStats
 from glomseg._reader import SlideReader
 from glomseg._row_stream import RowStream, default_workers
-from glomseg._scale import _centres
+from glomseg._scale import MAX_OBJECT_TILES, _centres
 from glomseg._slide_mask import _write_rows
 from glomseg._stitch import (
     BandStitcher,
@@ -195,6 +196,13 @@ class _MaskWriter(threading.Thread):
         self.pool = ThreadPoolExecutor(self.stripes) if self.stripes > 1 else None
         if not isinstance(self.downsample, int):
             self.cols = _centres(0, full_shape[1], self.downsample, stitcher.shape[1])
+        self.objects: ObjectFilter | None = None
+        if config.min_confidence:
+            self.objects = ObjectFilter(
+                stitcher.shape[1],
+                min_confidence=config.min_confidence,
+                max_rows=MAX_OBJECT_TILES * stitcher.tile_size,
+            )
 
     def run(self) -> None:
         try:
@@ -211,6 +219,9 @@ class _MaskWriter(threading.Thread):
                     start, sums = self.stitcher.finish()
                     self.stats.stitch_s += time.perf_counter() - begin
                     self._band(start, sums)
+                    if self.objects is not None:
+                        for first, rows in self.objects.finish():
+                            self._queue(first, rows)
                     self._flush(final=True)
                     return
                 keys, probs = item
@@ -242,17 +253,32 @@ class _MaskWriter(threading.Thread):
             self._band(start, sums)
 
     def _band(self, start: int, sums: NDArray[np.float32]) -> None:
-        """Threshold finished prediction rows and queue them at full resolution.
+        """Threshold finished prediction rows and queue those that are final."""
+        if not sums.shape[0]:
+            return
+        begin = time.perf_counter()
+        mask = self.stitcher.threshold(start, sums, self.config.threshold)
+        if self.objects is None:
+            self.stats.stitch_s += time.perf_counter() - begin
+            self._queue(start, mask)
+            return
+        # ``sums`` now holds the probabilities; the filter holds rows back until
+        # every region that touches them is complete.
+        released = self.objects.push(start, mask, sums)
+        self.stats.stitch_s += time.perf_counter() - begin
+        for first, rows in released:
+            self._queue(first, rows)
+
+    def _queue(self, start: int, bool_mask: NDArray[np.bool_]) -> None:
+        """Queue thresholded prediction rows at full resolution.
 
         Only the span of columns that holds mask pixels is mapped to full
         resolution; the rest of the band is known to be 0 and costs nothing.
         """
-        if not sums.shape[0]:
-            return
         begin = time.perf_counter()
         ds = self.downsample
         h, w = self.full_shape
-        mask = self.stitcher.threshold(start, sums, self.config.threshold).view(np.uint8)
+        mask = bool_mask.view(np.uint8)
         stop = start + mask.shape[0]
         if isinstance(ds, int):
             rows = min(stop * ds, h) - start * ds

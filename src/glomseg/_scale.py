@@ -174,6 +174,22 @@ def resolve_scale(
 
 # -- shared by predict_slide and predict_image -------------------------------------------------
 
+#: Regions taller than this many tiles are kept whatever their confidence (see
+#: :class:`glomseg._objects.ObjectFilter`): a glomerulus is a fraction of a tile.
+MAX_OBJECT_TILES = 8
+
+
+def _min_confidence(model: object, config: PredictConfig) -> float:
+    """The region confidence to apply: the config's, else the model's, else 0 (off)."""
+    if config.min_confidence is not None:
+        return config.min_confidence
+    value = getattr(getattr(model, "config", None), "min_confidence", None)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"model.config.min_confidence must be in [0, 1), got {value!r}")
+    return float(value)
+
 
 def _stain_normalizer(model: object, stain: bool, override: object | None) -> Any:
     """The normaliser to apply: ``override``, else the model's, else none (or none if not stain)."""
@@ -397,6 +413,7 @@ def predict_image(
     if threshold is not None:
         options["threshold"] = threshold
     tile_size, downsample = resolve_scale(model, pixel_size_um, config=cfg)
+    options["min_confidence"] = _min_confidence(model, cfg)
     cfg = replace(cfg, tile_size=tile_size, downsample=downsample, **options)
     normalizer = _stain_normalizer(model, stain, None)
     predictor = _tissue_filter(_tile_model(model, normalizer, cfg.tta), cfg)
@@ -411,6 +428,12 @@ def predict_image(
         blending=cfg.blending,
         batch_size=cfg.batch_size,
     )
-    mask = probs > np.float32(cfg.threshold)
+    if cfg.min_confidence:
+        from glomseg._objects import filter_objects
+
+        max_rows = MAX_OBJECT_TILES * tile_size
+        mask = filter_objects(probs, cfg.threshold, cfg.min_confidence, max_rows)
+    else:
+        mask = probs > np.float32(cfg.threshold)
     result: NDArray[np.bool_] = _to_full_resolution(mask, (h, w), downsample)
     return result
