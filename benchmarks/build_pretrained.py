@@ -2,6 +2,7 @@
 
     python benchmarks/build_pretrained.py [--tiles DIR] [--steps 1200] [--seed 0]
         [--restart-steps 0] [--from-model out/bench/new_recipe.h5]
+        [--restarted-model out/bench/restarted.h5]
         [--out src/glomseg/models/glomeruli-pas]
 
 1. **Train** :class:`glomseg.TrainingRecipe` (its defaults, ``--steps`` steps,
@@ -9,7 +10,9 @@
    (1.96 um/px); with ``--restart-steps N``, then a second cosine cycle of the
    same recipe for N steps with seed ``--seed + 1`` (a warm restart).
    ``--from-model`` skips the first cycle and starts from a model that
-   ``bench_training.py --save-model`` trained with the same recipe and seed. On a
+   ``bench_training.py --save-model`` trained with the same recipe and seed;
+   ``--restarted-model`` skips the restart too, packaging a model that this
+   restart produced (from ``GlomUNet.save``) and recording it in the card. On a
    machine with a GPU TensorFlow uses it; the result depends on steps and seed only.
 2. **Package** it as float16 weights with its configuration
    (:func:`glomseg._pretrained.save_pretrained`) and load it back, so everything
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--restart-steps", type=int, default=0)
     parser.add_argument("--from-model", type=Path, default=None)
+    parser.add_argument("--restarted-model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--limit", type=int, default=None, help="images per side (a quick check)")
     args = parser.parse_args()
@@ -264,7 +268,12 @@ def main() -> None:
         "reinhard": ReinhardNormalizer.fit(images).to_dict(),
         "macenko": MacenkoNormalizer.fit(images).to_dict(),
     }
-    if args.from_model is None:
+    if args.restarted_model is not None and not args.restart_steps:
+        parser.error("--restarted-model needs the --restart-steps it was trained with")
+    if args.restarted_model is not None:
+        trained = GlomUNet.load(args.restarted_model, compile=False)
+        print(f"packaging {args.restarted_model}")
+    elif args.from_model is None:
         trained = recipe.train(
             images,
             masks,
@@ -278,6 +287,7 @@ def main() -> None:
     restart = None
     if args.restart_steps:
         restart = TrainingRecipe(steps=args.restart_steps, seed=args.seed + 1)
+    if restart is not None and args.restarted_model is None:
         begin = time.perf_counter()
         restart.fit(trained, images, masks)
         minutes = (time.perf_counter() - begin) / 60
