@@ -106,11 +106,20 @@ def choose_confidence(
 
 
 def validate(
-    model: GlomUNet, data: hubmap.Split, *, tta: bool, filtered: bool = True
+    model: GlomUNet,
+    data: hubmap.Split,
+    images: list[np.ndarray],
+    truths: list[np.ndarray],
+    *,
+    tta: bool,
+    filtered: bool = True,
 ) -> dict[str, float]:
-    """Dice on the whole validation images, and where the errors are."""
+    """Dice on the whole validation images, and where the errors are.
+
+    ``images`` and ``truths`` are the validation images and their masks at full
+    resolution, read once for every run.
+    """
     config = PredictConfig(tta=tta, min_confidence=None if filtered else 0.0)
-    images, truths = load_training_images(data.validation, downsample=1)
     masks = {}
     errors = np.zeros(4, dtype=np.int64)
     for source, image, truth in zip(data.validation, images, truths, strict=True):
@@ -328,12 +337,14 @@ def main() -> None:
         print(f"region confidence {confidence:g}; training-image Dice by confidence: {scores}")
         model.set_min_confidence(confidence or None)
         trained.set_min_confidence(confidence or None)
+        # Read and rasterized once, at full resolution, for all three runs.
+        held_out = load_training_images(data.validation, downsample=1)
         validation = {
             "images": len(data.validation),
             "what": "whole 1600 x 1200 tiles with ids >= 250, Dice at full resolution",
-            "tta": validate(model, data, tta=True),
-            "no_tta": validate(model, data, tta=False),
-            "tta_unfiltered": validate(model, data, tta=True, filtered=False),
+            "tta": validate(model, data, *held_out, tta=True),
+            "no_tta": validate(model, data, *held_out, tta=False),
+            "tta_unfiltered": validate(model, data, *held_out, tta=True, filtered=False),
             "min_confidence": confidence,
             "min_confidence_training_dice": scores,
         }
