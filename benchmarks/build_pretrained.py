@@ -1,18 +1,19 @@
 """Build the pretrained model shipped in the package: train, validate, time, write the card.
 
     python benchmarks/build_pretrained.py [--tiles DIR] [--steps 1200] [--seed 0]
-        [--restart-steps 0] [--from-model out/bench/new_recipe.h5]
+        [--restart-steps N [N ...]] [--from-model out/bench/new_recipe.h5]
         [--restarted-model out/bench/restarted.h5]
         [--out src/glomseg/models/glomeruli-pas]
 
 1. **Train** :class:`glomseg.TrainingRecipe` (its defaults, ``--steps`` steps,
    ``--seed``) on the 66 HuBMAP tiles with ids below 250 at 2x downsample
-   (1.96 um/px); with ``--restart-steps N``, then a second cosine cycle of the
-   same recipe for N steps with seed ``--seed + 1`` (a warm restart).
-   ``--from-model`` skips the first cycle and starts from a model that
-   ``bench_training.py --save-model`` trained with the same recipe and seed;
-   ``--restarted-model`` skips the restart too, packaging a model that this
-   restart produced (from ``GlomUNet.save``) and recording it in the card. On a
+   (1.96 um/px); with ``--restart-steps N1 N2 ...``, then one more cosine cycle
+   of the same recipe for each N (warm restarts), the k-th with seed
+   ``--seed + k``. ``--from-model`` skips the first cycle and starts from a
+   model that ``bench_training.py --save-model`` trained with the same recipe
+   and seed; ``--restarted-model`` skips the restarts too, packaging a model
+   that these restarts produced (from ``GlomUNet.save``) and recording them in
+   the card. On a
    machine with a GPU TensorFlow uses it; the result depends on steps and seed only.
 2. **Package** it as float16 weights with its configuration
    (:func:`glomseg._pretrained.save_pretrained`) and load it back, so everything
@@ -160,6 +161,14 @@ def speed(model: GlomUNet, *, tta: bool) -> float:
         return round(mask.shape[0] * mask.shape[1] / 1e6 / seconds, 2)
 
 
+def _restarts_text(restarts: list[dict]) -> str:
+    """The card's words for the warm restarts after the first cosine cycle."""
+    if not restarts:
+        return "."
+    cycles = ", ".join(f"{r['steps']} steps with seed {r['seed']}" for r in restarts)
+    return f"; then warm restarts, each a new cosine cycle from the weights before it: {cycles}."
+
+
 def write_docs(card: ModelCard, path: Path) -> None:
     """The model card as a page of the docs (regenerated with the model)."""
     v, sp = card.validation, card.speed
@@ -201,13 +210,7 @@ def write_docs(card: ModelCard, path: Path) -> None:
         f"{recipe['batch_size']} crops of {recipe['crop_size']} px, backbone "
         f"{recipe['backbone']}, decoder {tuple(recipe['decoder_filters'])}, loss "
         f"{recipe['loss']}, peak learning rate {recipe['learning_rate']:g}, EMA "
-        f"{recipe['ema']}, seed {recipe['seed']}"
-        + (
-            f"; then a warm restart: a second cosine cycle of {recipe['restart']['steps']} "
-            f"steps, seed {recipe['restart']['seed']}."
-            if "restart" in recipe
-            else "."
-        ),
+        f"{recipe['ema']}, seed {recipe['seed']}" + _restarts_text(recipe.get("restarts", [])),
         "",
         "Validation",
         "----------",
@@ -261,7 +264,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--restart-steps", type=int, default=0)
+    parser.add_argument("--restart-steps", type=int, nargs="+", default=[])
     parser.add_argument("--from-model", type=Path, default=None)
     parser.add_argument("--restarted-model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -291,16 +294,17 @@ def main() -> None:
         )
         print(f"trained {recipe.steps} steps in {(time.perf_counter() - begin) / 60:.1f} min")
     else:
-        trained = GlomUNet.load(args.from_model, compile=args.restart_steps > 0)
+        trained = GlomUNet.load(args.from_model, compile=bool(args.restart_steps))
         print(f"starting from {args.from_model}")
-    restart = None
-    if args.restart_steps:
-        restart = TrainingRecipe(steps=args.restart_steps, seed=args.seed + 1)
-    if restart is not None and args.restarted_model is None:
+    restarts = [
+        TrainingRecipe(steps=steps, seed=args.seed + k)
+        for k, steps in enumerate(args.restart_steps, start=1)
+    ]
+    for restart in restarts if args.restarted_model is None else []:
         begin = time.perf_counter()
         restart.fit(trained, images, masks)
         minutes = (time.perf_counter() - begin) / 60
-        print(f"restart: trained {restart.steps} more steps in {minutes:.1f} min")
+        print(f"restart (seed {restart.seed}): {restart.steps} more steps in {minutes:.1f} min")
     card = ModelCard(
         name=args.out.name,
         summary=(
@@ -324,7 +328,7 @@ def main() -> None:
         ),
         pixel_size_um=hubmap.PIXEL_SIZE_UM * hubmap.DOWNSAMPLE,
         input_size=recipe.crop_size,
-        recipe={**recipe.to_dict(), **({"restart": restart.to_dict()} if restart else {})},
+        recipe={**recipe.to_dict(), "restarts": [restart.to_dict() for restart in restarts]},
         stain_reference=reference,
     )
     with tempfile.TemporaryDirectory() as tmp:
