@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from glomseg import (
+    Augmentation,
     GlomUNet,
     MacenkoNormalizer,
     PredictConfig,
@@ -81,6 +82,9 @@ LIMITS = (
     "pretrained encoders would do better.",
 )
 
+
+#: The training augmentations --augmentation chooses from.
+AUGMENTATIONS = {"default": Augmentation(), "cross-lab": Augmentation.cross_lab()}
 
 #: Region confidences tried on the training images (0: keep every region).
 CONFIDENCES = (0.0, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -269,11 +273,21 @@ def main() -> None:
     parser.add_argument("--restarted-model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--limit", type=int, default=None, help="images per side (a quick check)")
+    parser.add_argument(
+        "--augmentation",
+        choices=sorted(AUGMENTATIONS),
+        default="cross-lab",
+        help="the training augmentation (cross-lab: Augmentation.cross_lab())",
+    )
+    parser.add_argument(
+        "--save-trained", type=Path, default=None, help="save the trained model here (.h5)"
+    )
     args = parser.parse_args()
     data = hubmap.split(hubmap.find_tiles(args.tiles))
     if args.limit:
         data = hubmap.Split(data.train[: args.limit], data.validation[: args.limit])
-    recipe = TrainingRecipe(steps=args.steps, seed=args.seed)
+    augmentation = AUGMENTATIONS[args.augmentation]
+    recipe = TrainingRecipe(steps=args.steps, seed=args.seed, augmentation=augmentation)
     begin = time.perf_counter()
     images, masks = load_training_images(data.train, downsample=hubmap.DOWNSAMPLE)
     reference = {
@@ -297,7 +311,7 @@ def main() -> None:
         trained = GlomUNet.load(args.from_model, compile=bool(args.restart_steps))
         print(f"starting from {args.from_model}")
     restarts = [
-        TrainingRecipe(steps=steps, seed=args.seed + k)
+        TrainingRecipe(steps=steps, seed=args.seed + k, augmentation=augmentation)
         for k, steps in enumerate(args.restart_steps, start=1)
     ]
     for restart in restarts if args.restarted_model is None else []:
@@ -305,6 +319,9 @@ def main() -> None:
         restart.fit(trained, images, masks)
         minutes = (time.perf_counter() - begin) / 60
         print(f"restart (seed {restart.seed}): {restart.steps} more steps in {minutes:.1f} min")
+    if args.save_trained is not None:
+        trained.save(args.save_trained)
+        print(f"saved {args.save_trained}")
     card = ModelCard(
         name=args.out.name,
         summary=(

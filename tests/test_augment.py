@@ -141,6 +141,101 @@ def test_hed_jitter_alone_changes_stained_pixels_only_mildly() -> None:
     assert len({round(d, 6) for d in diffs}) == 4  # every seed recolours differently
 
 
+PAS = ((0.5914, 0.7289, 0.3449), (0.2940, 0.9253, 0.2395))
+
+
+def stained_image(amounts: np.ndarray, stains=PAS) -> np.ndarray:
+    """A float [0, 1] image whose optical density is ``amounts @ stains``, nothing clipped."""
+    return np.exp(-amounts @ np.asarray(stains, dtype=np.float32)).astype(np.float32)
+
+
+def transfer_only(**changes) -> Augmentation:
+    options = {"stain_transfer": 1.0, "stain_amount": 2.0, "source_stain": PAS, **changes}
+    return Augmentation.none().replace(**options)
+
+
+def test_stain_transfer_checks_its_options() -> None:
+    with pytest.raises(ValueError, match=r"stain_amount must be in \[1, 4\], got 0.5"):
+        Augmentation(stain_amount=0.5)
+    with pytest.raises(ValueError, match="source_stain rows must not be parallel"):
+        Augmentation(source_stain=((1, 1, 1), (2, 2, 2)))
+    with pytest.raises(ValueError, match="source_stain must be 2 rows of 3"):
+        Augmentation(source_stain=((1, 1, 1),))  # type: ignore[arg-type]
+    rows = Augmentation(source_stain=((3, 4, 0), (0, 0, 2))).source_stain
+    assert rows == ((0.6, 0.8, 0.0), (0.0, 0.0, 1.0))
+    cross = Augmentation.cross_lab(PAS)
+    assert Augmentation(**{**cross.__dict__}) == cross
+
+
+@needs_tf
+def test_stain_transfer_needs_the_source_stains() -> None:
+    image, mask = tissue_image((48, 48))
+    aug = Augmentation.none().replace(stain_transfer=0.5)
+    with pytest.raises(ValueError, match="stain_transfer needs source_stain"):
+        _augment(image, mask.astype(np.uint8)[..., None], 0, 48, aug)
+
+
+@needs_tf
+def test_transfer_to_the_source_itself_gives_the_image_back(monkeypatch) -> None:
+    from glomseg import _augment as module
+
+    monkeypatch.setattr(module, "STAIN_BANK", {"same": PAS})
+    rng = np.random.default_rng(1)
+    amounts = rng.uniform(0.05, 1.5, (32 * 32, 2)).astype(np.float32)
+    image = stained_image(amounts).reshape(32, 32, 3)
+    tf = pytest.importorskip("tensorflow")
+    out = module._transfer(
+        tf, tf.constant(image), transfer_only(stain_amount=1.0), tf.constant([3, 4], tf.int64)
+    ).numpy()
+    np.testing.assert_allclose(out, image, atol=2e-5)
+
+
+@needs_tf
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), which=st.sampled_from(["h-e", "masson-trichrome"]))
+def test_transfer_remixes_with_the_target_stains_within_the_stated_amounts(
+    seed: int, which: str
+) -> None:
+    from glomseg import _augment as module
+
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(seed % 1000)
+    amounts = rng.uniform(0.05, 0.8, (24 * 24, 2)).astype(np.float32)
+    image = stained_image(amounts).reshape(24, 24, 3)
+    bank = {which: module.STAIN_BANK[which]}
+    original = module.STAIN_BANK
+    module.STAIN_BANK = bank
+    try:
+        aug = transfer_only()
+        out = module._transfer(tf, tf.constant(image), aug, tf.constant([seed, 1], tf.int64))
+        out = out.numpy().reshape(-1, 3)
+    finally:
+        module.STAIN_BANK = original
+    target = np.array([np.asarray(row) / np.linalg.norm(row) for row in bank[which]])
+    source = np.asarray(PAS, dtype=np.float64)
+    residual = np.cross(source[0], source[1])
+    density = -np.log(out.astype(np.float64))
+    solved = density @ np.linalg.pinv(np.vstack([target, residual / np.linalg.norm(residual)]))
+    ratios = solved[:, :2] / amounts
+    # One factor per stain for the whole crop, between 1 / amount and sqrt(amount).
+    assert np.ptp(ratios, axis=0).max() < 1e-3 * ratios.max()
+    assert (ratios > 1 / aug.stain_amount - 1e-3).all()
+    assert (ratios < np.sqrt(aug.stain_amount) + 1e-3).all()
+    assert np.abs(solved[:, 2]).max() < 1e-3  # no residual where the input had none
+
+
+@needs_tf
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_cross_lab_augmentation_leaves_masks_untouched(seed: int) -> None:
+    image, mask = tissue_image((48, 48), seed=seed % 100)
+    mask_in = mask.astype(np.uint8)[..., None]
+    aug = Augmentation.cross_lab(PAS).replace(flips=False, rotation=0, scale=0)
+    out_image, out_mask = _augment(image, mask_in, seed, 48, aug)
+    np.testing.assert_array_equal(out_mask, mask_in.astype(np.float32))
+    assert 0 <= out_image.min() <= out_image.max() <= 1
+
+
 # ---------------------------------------------------------------- CropSampler
 
 

@@ -226,10 +226,17 @@ class TrainingRecipe:
         stain = model.stain_normalizer
         if stain is not None:
             images = [stain.transform(image) for image in images]
+        augmentation = self.augmentation
+        if augmentation.stain_transfer and augmentation.source_stain is None:
+            from glomseg._stain import MacenkoNormalizer
+
+            source = MacenkoNormalizer.fit(images).stain_matrix
+            augmentation = augmentation.replace(source_stain=source)
+            logger.info("stain transfer unmixes with the training images' stains %s", source)
         sampler = CropSampler(
             images,
             masks,
-            region_size=self.augmentation.region_size(self.crop_size),
+            region_size=augmentation.region_size(self.crop_size),
             glomerulus_fraction=self.glomerulus_fraction,
             seed=self.seed,
         )
@@ -237,7 +244,7 @@ class TrainingRecipe:
             sampler,
             crop_size=model.config.input_size,
             batch_size=self.batch_size,
-            augmentation=self.augmentation,
+            augmentation=augmentation,
         )
         logger.info("training for %d steps on %d images", self.steps, len(images))
         model.fit(
