@@ -5,7 +5,7 @@
 On the real HuBMAP training images (``hubmap.py``), with the
 :class:`glomseg.TrainingRecipe` defaults (256-px crops, batch 8):
 
-1. the crop pipeline alone (:func:`glomseg.make_crop_dataset`): crops per second
+1. the crop pipeline alone (:func:`glomseg.model.make_crop_dataset`): crops per second
    with full augmentation and with none;
 2. training the recipe's model for ``--steps`` steps fed by that pipeline, and
    fed by one batch repeated from memory (no sampling, no augmentation): seconds
@@ -21,13 +21,8 @@ from pathlib import Path
 
 import hubmap
 
-from glomseg import (
-    Augmentation,
-    CropSampler,
-    TrainingRecipe,
-    load_training_images,
-    make_crop_dataset,
-)
+from glomseg import Augmentation, TrainingRecipe, load_training_images
+from glomseg.model import CropSampler, make_crop_dataset
 
 
 def throughput(sampler: CropSampler, aug: Augmentation, batches: int) -> float:

@@ -138,7 +138,7 @@ def slide_paths(args: argparse.Namespace) -> list[Path]:
 
 def ensure_slides(args: argparse.Namespace) -> list[Path]:
     """Write the synthetic slides into the work folder once; reuse them after."""
-    from glomseg.synthetic import write_synthetic_slide
+    from glomseg.io.synthetic import write_synthetic_slide
 
     try:
         import imagecodecs  # noqa: F401

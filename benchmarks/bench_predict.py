@@ -83,7 +83,7 @@ def peak_rss_mb() -> float:
 
 
 def ensure_slide(shape: tuple[int, int], compression: str = "none") -> Path:
-    from glomseg.synthetic import write_synthetic_slide
+    from glomseg.io.synthetic import write_synthetic_slide
 
     WORK.mkdir(parents=True, exist_ok=True)
     suffix = "" if compression == "none" else f"-{compression}"

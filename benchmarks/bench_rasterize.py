@@ -42,7 +42,7 @@ def _rss_bytes() -> int:
 
 
 def _slide_size(path: Path) -> tuple[tuple[int, int], str]:
-    from glomseg._annotations import read_annotations
+    from glomseg.annotations._annotations import read_annotations
 
     with (DATA / "slide_sizes.csv").open(newline="") as handle:
         sizes = {
@@ -61,9 +61,9 @@ def _slide_size(path: Path) -> tuple[tuple[int, int], str]:
 
 
 def _child(mode: str, path: str, height: int, width: int, downsample: int) -> None:
-    from glomseg._annotations import read_annotations
-    from glomseg._rasterize import MaskRasterizer
-    from glomseg._window import Window
+    from glomseg.annotations._annotations import read_annotations
+    from glomseg.annotations._rasterize import MaskRasterizer
+    from glomseg.io._window import Window
 
     start = time.perf_counter()
     rasterizer = MaskRasterizer(read_annotations(path))

@@ -155,7 +155,7 @@ def ensure_slide(workdir: Path, shape: tuple[int, int], layout: str) -> Path:
         size_gb = path.stat().st_size / 1e9
         print(f"reuse  {layout:<8} {path} ({size_gb:.2f} GB)", flush=True)
         return path
-    from glomseg.synthetic import write_synthetic_slide
+    from glomseg.io.synthetic import write_synthetic_slide
 
     start = time.perf_counter()
     write_synthetic_slide(path, shape, compression="none", **options)

@@ -45,7 +45,7 @@ def common_rle(img: np.ndarray) -> str:
 
 
 def glomseg_rle(img: np.ndarray) -> str:
-    from glomseg._rle import rle_encode
+    from glomseg.annotations._rle import rle_encode
 
     return rle_encode(img)
 
@@ -77,8 +77,8 @@ def _child(method: str, path: str) -> None:
 
 
 def _make_mask(shape: tuple[int, int], downsample: int) -> np.ndarray:
-    from glomseg._annotations import read_annotations
-    from glomseg._rasterize import MaskRasterizer
+    from glomseg.annotations._annotations import read_annotations
+    from glomseg.annotations._rasterize import MaskRasterizer
 
     rasterizer = MaskRasterizer(read_annotations(ANNOTATIONS))
     return rasterizer.full_mask(shape, downsample=downsample).view(np.uint8)

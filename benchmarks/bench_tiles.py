@@ -129,7 +129,8 @@ def child_naive(slide: Path, annotations: Path, out: Path, recipe: str) -> dict[
 def child_glomseg(
     slide: Path, annotations: Path, out: Path, recipe: str, processes: int
 ) -> dict[str, object]:
-    from glomseg import GlomerulusOrSample, SlideSource, TileFilter, Tiler, export_tiles
+    from glomseg import SlideSource, TileFilter, Tiler, export_tiles
+    from glomseg.tiles import GlomerulusOrSample
 
     if recipe == "any":
         tile_filter = TileFilter(GlomerulusOrSample(background_share=0.0))
@@ -168,7 +169,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from glomseg.synthetic import write_synthetic_slide
+    from glomseg.io.synthetic import write_synthetic_slide
 
     shape = (6000, 8000) if args.small else tuple(args.shape)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,9 @@ def run_new(data: hubmap.Split, validation: hubmap.Validation, args: argparse.Na
 
 
 def run_old(data: hubmap.Split, validation: hubmap.Validation, args: argparse.Namespace) -> Any:
-    from glomseg import GlomUNet, TileFilter, Tiler, export_tiles, make_datasets, read_manifest
+    from glomseg import GlomUNet, TileFilter, Tiler, export_tiles
+    from glomseg.model import make_datasets
+    from glomseg.tiles import read_manifest
 
     size = 256
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
     python benchmarks/build_pretrained.py [--tiles DIR] [--steps 1200] [--seed 0]
         [--restart-steps N [N ...]] [--from-model out/bench/new_recipe.h5]
         [--restarted-model out/bench/restarted.h5]
-        [--out src/glomseg/models/glomeruli-pas]
+        [--out src/glomseg/model/pretrained/glomeruli-pas]
 
 1. **Train** :class:`glomseg.TrainingRecipe` (its defaults, ``--steps`` steps,
    ``--seed``) on the 66 HuBMAP tiles with ids below 250 at 2x downsample
@@ -16,7 +16,7 @@
    the card. On a
    machine with a GPU TensorFlow uses it; the result depends on steps and seed only.
 2. **Package** it as float16 weights with its configuration
-   (:func:`glomseg._pretrained.save_pretrained`) and load it back, so everything
+   (:func:`glomseg.model._pretrained.save_pretrained`) and load it back, so everything
    below measures the model as shipped.
 3. **Choose** the region confidence (``ModelConfig.min_confidence``: prediction
    removes regions of the mask whose mean probability is below it) on the
@@ -48,9 +48,7 @@ from scipy import ndimage
 from glomseg import (
     Augmentation,
     GlomUNet,
-    MacenkoNormalizer,
     PredictConfig,
-    ReinhardNormalizer,
     TrainingRecipe,
     dice_coefficient,
     evaluate_slides,
@@ -59,13 +57,15 @@ from glomseg import (
     predict_slide,
     sliding_window_predict,
 )
-from glomseg._objects import filter_objects
-from glomseg._pretrained import DEFAULT_MODEL, ModelCard, load_pretrained, save_pretrained
-from glomseg._scale import MAX_OBJECT_TILES
-from glomseg.synthetic import write_synthetic_slide
+from glomseg.io.synthetic import write_synthetic_slide
+from glomseg.model import MacenkoNormalizer, ReinhardNormalizer
+from glomseg.model._model import load_pretrained
+from glomseg.model._pretrained import DEFAULT_MODEL, ModelCard, save_pretrained
+from glomseg.predict._objects import filter_objects
+from glomseg.predict._scale import MAX_OBJECT_TILES
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE.parent / "src" / "glomseg" / "models" / DEFAULT_MODEL
+OUT = HERE.parent / "src" / "glomseg" / "model" / "pretrained" / DEFAULT_MODEL
 DOCS = HERE.parent / "docs" / "model_card.rst"
 LIMITS = (
     "Trained on 66 tiles of one PAS-stained slide of one lab (HuBMAP VAN0013-LK-202-96, "

@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from glomseg import GlomUNet, PredictConfig, predict_slide, write_overlay, write_submission_csv
+from glomseg import GlomUNet, PredictConfig, predict_slide
+from glomseg.evaluate import write_overlay
+from glomseg.predict import write_submission_csv
 
 
 def main() -> None:

@@ -40,9 +40,9 @@ from glomseg import (
     evaluate_slides,
     load_training_images,
     predict_slide,
-    write_overlay,
-    write_submission_csv,
 )
+from glomseg.evaluate import write_overlay
+from glomseg.predict import write_submission_csv
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "data" / "sample"

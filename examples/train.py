@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from glomseg import GlomUNet, make_datasets, read_manifest
+from glomseg import GlomUNet
+from glomseg.model import make_datasets
+from glomseg.tiles import read_manifest
 
 
 def main() -> None:

@@ -22,13 +22,13 @@ def test_public_api_is_sorted_and_importable():
 
 
 def test_errors_are_catchable_as_builtins():
-    assert issubclass(glomseg.SlideReadError, OSError)
-    assert issubclass(glomseg.AnnotationError, ValueError)
-    assert issubclass(glomseg.WindowError, ValueError)
+    assert issubclass(glomseg.errors.SlideReadError, OSError)
+    assert issubclass(glomseg.errors.AnnotationError, ValueError)
+    assert issubclass(glomseg.errors.WindowError, ValueError)
     for error in (
-        glomseg.SlideReadError,
-        glomseg.AnnotationError,
-        glomseg.WindowError,
-        glomseg.DatasetError,
+        glomseg.errors.SlideReadError,
+        glomseg.errors.AnnotationError,
+        glomseg.errors.WindowError,
+        glomseg.errors.DatasetError,
     ):
         assert issubclass(error, glomseg.GlomsegError)

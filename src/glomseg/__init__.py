@@ -1,226 +1,200 @@
 """glomseg: find glomeruli in huge kidney whole-slide images.
 
-The public API is listed in :data:`__all__`. Importing glomseg never imports
-TensorFlow; the model (:class:`GlomUNet`) loads it on first use.
+The pipeline's stages are subpackages, lowest first, each importing only those
+below it: :mod:`glomseg.io` (reading slides), :mod:`glomseg.annotations`
+(polygons, masks, RLE), :mod:`glomseg.tiles` (tiling a training set),
+:mod:`glomseg.model` (the U-Net and its training), :mod:`glomseg.predict`
+(whole-slide prediction), :mod:`glomseg.evaluate` (Dice) and
+:mod:`glomseg.distributed` (many slides on a cluster); :mod:`glomseg.errors`
+holds the exceptions. This module re-exports the names most users start with,
+listed in :data:`__all__`; everything else lives in its stage. Importing glomseg
+never imports TensorFlow or Dask.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import warnings
+from typing import Any
 
-from glomseg._annotations import (
-    DEFAULT_MIN_AREA,
-    GLOMERULUS_COLOR,
-    Annotation,
-    PolygonalGeometry,
-    annotations_outside,
-    as_polygonal,
-    parse_annotations,
-    read_annotations,
-    write_annotations,
-)
-from glomseg._augment import Augmentation
-from glomseg._datasets import SplitName, TileRecord, make_datasets, read_records, split_tiles
-from glomseg._distributed import ModelSource, SlideOutcome, SlidesReport, predict_slides
-from glomseg._evaluate import DiceReport, SlideDice, evaluate_slide, evaluate_slides
-from glomseg._export import (
-    MANIFEST_COLUMNS,
-    ExportSummary,
-    SlideSource,
-    export_tiles,
-    read_manifest,
-)
-from glomseg._filtering import (
-    CoverageBand,
-    Decision,
-    GlomerulusOrSample,
-    MinTissue,
-    NotBlank,
-    TileFilter,
-    TilePredicate,
-    TileStats,
-    tile_stats,
-    tissue_pixels,
-)
-from glomseg._losses import (
-    LOSS_SMOOTH,
-    LossName,
-    bce_dice_loss,
-    bce_lovasz_loss,
-    dice_loss,
-    dice_metric,
-    lovasz_hinge_loss,
-)
-from glomseg._metrics import dice_coefficient, mean_dice, soft_dice
-from glomseg._model import GlomUNet, ModelConfig, ScheduleName
-from glomseg._overlay import write_overlay
-from glomseg._predict import predict_slide
-from glomseg._predict_config import PredictConfig, PredictionStats
-from glomseg._pretrained import ModelCard, available_models
-from glomseg._rasterize import (
-    BOUNDARY_TOLERANCE,
-    DEFAULT_SPECK_AREA,
+from glomseg.annotations import (
     MaskRasterizer,
-    mask_to_annotations,
     mask_to_polygons,
+    read_annotations,
+    read_submission,
+    rle_decode,
+    rle_encode,
+    write_annotations,
+    write_submission,
 )
-from glomseg._reader import SlideReader
-from glomseg._recipe import TrainingRecipe
-from glomseg._rle import read_submission, rle_decode, rle_encode, write_submission
-from glomseg._sampling import CropSampler, load_training_images, make_crop_dataset
-from glomseg._scale import predict_image, resolve_scale
-from glomseg._slide_mask import MaskLike, SlideMask, write_submission_csv
-from glomseg._stain import (
-    MIN_STAIN_PIXELS,
-    MacenkoNormalizer,
-    ReinhardNormalizer,
-    StainMethod,
-    StainNormalizer,
-    fit_stain_normalizer,
-    normalizer_from_dict,
+from glomseg.distributed import (
+    predict_slides,
 )
-from glomseg._stitch import (
-    BandStitcher,
-    Blending,
-    GridEdge,
-    Predictor,
-    flip_tta,
+from glomseg.errors import GlomsegError
+from glomseg.evaluate import (
+    dice_coefficient,
+    evaluate_slide,
+    evaluate_slides,
+)
+from glomseg.io import (
+    SlideReader,
+    Window,
+)
+from glomseg.model import (
+    Augmentation,
+    GlomUNet,
+    TrainingRecipe,
+    load_training_images,
+)
+from glomseg.predict import (
+    PredictConfig,
+    SlideMask,
+    predict_image,
+    predict_slide,
     sliding_window_predict,
 )
-from glomseg._tiling import (
-    EdgePolicy,
-    Tile,
-    TileKey,
+from glomseg.tiles import (
+    SlideSource,
+    TileFilter,
     Tiler,
-    parse_tile_name,
-    patchify_tiles,
-    tile_name,
-)
-from glomseg._window import Window
-from glomseg.errors import (
-    AnnotationError,
-    AnnotationWarning,
-    DatasetError,
-    GlomsegError,
-    PretrainedWeightsError,
-    RLEError,
-    SlideReadError,
-    SlideReadWarning,
-    SlideTaskError,
-    WindowError,
+    export_tiles,
 )
 
 __version__ = "0.1.0.dev0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+#: Names that left the top level in 0.2, and the module that holds each now.
+_MOVED = {
+    "Annotation": "glomseg.annotations",
+    "AnnotationError": "glomseg.errors",
+    "AnnotationWarning": "glomseg.errors",
+    "BOUNDARY_TOLERANCE": "glomseg.annotations",
+    "BandStitcher": "glomseg.predict",
+    "Blending": "glomseg.predict",
+    "CoverageBand": "glomseg.tiles",
+    "CropSampler": "glomseg.model",
+    "DEFAULT_MIN_AREA": "glomseg.annotations",
+    "DEFAULT_SPECK_AREA": "glomseg.annotations",
+    "DatasetError": "glomseg.errors",
+    "Decision": "glomseg.tiles",
+    "DiceReport": "glomseg.evaluate",
+    "EdgePolicy": "glomseg.tiles",
+    "ExportSummary": "glomseg.tiles",
+    "GLOMERULUS_COLOR": "glomseg.annotations",
+    "GlomerulusOrSample": "glomseg.tiles",
+    "GridEdge": "glomseg.predict",
+    "LOSS_SMOOTH": "glomseg.model",
+    "LossName": "glomseg.model",
+    "MANIFEST_COLUMNS": "glomseg.tiles",
+    "MIN_STAIN_PIXELS": "glomseg.model",
+    "MacenkoNormalizer": "glomseg.model",
+    "MaskLike": "glomseg.predict",
+    "MinTissue": "glomseg.tiles",
+    "ModelCard": "glomseg.model",
+    "ModelConfig": "glomseg.model",
+    "ModelSource": "glomseg.distributed",
+    "NotBlank": "glomseg.tiles",
+    "PolygonalGeometry": "glomseg.annotations",
+    "PredictionStats": "glomseg.predict",
+    "Predictor": "glomseg.predict",
+    "PretrainedWeightsError": "glomseg.errors",
+    "RLEError": "glomseg.errors",
+    "ReinhardNormalizer": "glomseg.model",
+    "ScheduleName": "glomseg.model",
+    "SlideDice": "glomseg.evaluate",
+    "SlideOutcome": "glomseg.distributed",
+    "SlideReadError": "glomseg.errors",
+    "SlideReadWarning": "glomseg.errors",
+    "SlideTaskError": "glomseg.errors",
+    "SlidesReport": "glomseg.distributed",
+    "SplitName": "glomseg.model",
+    "StainMethod": "glomseg.model",
+    "StainNormalizer": "glomseg.model",
+    "Tile": "glomseg.tiles",
+    "TileKey": "glomseg.tiles",
+    "TilePredicate": "glomseg.tiles",
+    "TileRecord": "glomseg.model",
+    "TileStats": "glomseg.tiles",
+    "WindowError": "glomseg.errors",
+    "annotations_outside": "glomseg.annotations",
+    "as_polygonal": "glomseg.annotations",
+    "available_models": "glomseg.model",
+    "bce_dice_loss": "glomseg.model",
+    "bce_lovasz_loss": "glomseg.model",
+    "dice_loss": "glomseg.model",
+    "dice_metric": "glomseg.model",
+    "fit_stain_normalizer": "glomseg.model",
+    "flip_tta": "glomseg.predict",
+    "lovasz_hinge_loss": "glomseg.model",
+    "make_crop_dataset": "glomseg.model",
+    "make_datasets": "glomseg.model",
+    "mask_to_annotations": "glomseg.annotations",
+    "mean_dice": "glomseg.evaluate",
+    "normalizer_from_dict": "glomseg.model",
+    "parse_annotations": "glomseg.annotations",
+    "parse_tile_name": "glomseg.tiles",
+    "patchify_tiles": "glomseg.tiles",
+    "read_manifest": "glomseg.tiles",
+    "read_records": "glomseg.model",
+    "resolve_scale": "glomseg.predict",
+    "soft_dice": "glomseg.evaluate",
+    "split_tiles": "glomseg.model",
+    "tile_name": "glomseg.tiles",
+    "tile_stats": "glomseg.tiles",
+    "tissue_pixels": "glomseg.io",
+    "write_overlay": "glomseg.evaluate",
+    "write_submission_csv": "glomseg.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Old top-level names still resolve for one release, with a DeprecationWarning."""
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module 'glomseg' has no attribute {name!r}")
+    warnings.warn(
+        f"glomseg.{name} has moved to {home}.{name}; the old name will be removed in "
+        f"glomseg 0.3 (import it from {home})",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(home), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MOVED))
+
+
 __all__ = [
-    "Annotation",
-    "AnnotationError",
-    "AnnotationWarning",
     "Augmentation",
-    "BOUNDARY_TOLERANCE",
-    "BandStitcher",
-    "Blending",
-    "CoverageBand",
-    "CropSampler",
-    "DEFAULT_MIN_AREA",
-    "DEFAULT_SPECK_AREA",
-    "DatasetError",
-    "Decision",
-    "DiceReport",
-    "EdgePolicy",
-    "ExportSummary",
-    "GLOMERULUS_COLOR",
     "GlomUNet",
-    "GlomerulusOrSample",
     "GlomsegError",
-    "GridEdge",
-    "LOSS_SMOOTH",
-    "LossName",
-    "MANIFEST_COLUMNS",
-    "MIN_STAIN_PIXELS",
-    "MacenkoNormalizer",
-    "MaskLike",
     "MaskRasterizer",
-    "MinTissue",
-    "ModelCard",
-    "ModelConfig",
-    "ModelSource",
-    "NotBlank",
-    "PolygonalGeometry",
     "PredictConfig",
-    "PredictionStats",
-    "Predictor",
-    "PretrainedWeightsError",
-    "RLEError",
-    "ReinhardNormalizer",
-    "ScheduleName",
-    "SlideDice",
     "SlideMask",
-    "SlideOutcome",
-    "SlideReadError",
-    "SlideReadWarning",
     "SlideReader",
     "SlideSource",
-    "SlideTaskError",
-    "SlidesReport",
-    "SplitName",
-    "StainMethod",
-    "StainNormalizer",
-    "Tile",
     "TileFilter",
-    "TileKey",
-    "TilePredicate",
-    "TileRecord",
-    "TileStats",
     "Tiler",
     "TrainingRecipe",
     "Window",
-    "WindowError",
     "__version__",
-    "annotations_outside",
-    "as_polygonal",
-    "available_models",
-    "bce_dice_loss",
-    "bce_lovasz_loss",
     "dice_coefficient",
-    "dice_loss",
-    "dice_metric",
     "evaluate_slide",
     "evaluate_slides",
     "export_tiles",
-    "fit_stain_normalizer",
-    "flip_tta",
     "load_training_images",
-    "lovasz_hinge_loss",
-    "make_crop_dataset",
-    "make_datasets",
-    "mask_to_annotations",
     "mask_to_polygons",
-    "mean_dice",
-    "normalizer_from_dict",
-    "parse_annotations",
-    "parse_tile_name",
-    "patchify_tiles",
     "predict_image",
     "predict_slide",
     "predict_slides",
     "read_annotations",
-    "read_manifest",
-    "read_records",
     "read_submission",
-    "resolve_scale",
     "rle_decode",
     "rle_encode",
     "sliding_window_predict",
-    "soft_dice",
-    "split_tiles",
-    "tile_name",
-    "tile_stats",
-    "tissue_pixels",
     "write_annotations",
-    "write_overlay",
     "write_submission",
-    "write_submission_csv",
 ]

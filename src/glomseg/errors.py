@@ -61,7 +61,7 @@ class AnnotationError(GlomsegError, ValueError):
 
     Examples
     --------
-    >>> from glomseg import parse_annotations
+    >>> from glomseg.annotations import parse_annotations
     >>> parse_annotations([{"type": "Feature", "geometry": {"type": "Point"}}], source="a.json")
     Traceback (most recent call last):
     ...
@@ -85,7 +85,7 @@ class AnnotationWarning(UserWarning):
     Examples
     --------
     >>> import warnings
-    >>> from glomseg import parse_annotations
+    >>> from glomseg.annotations import parse_annotations
     >>> bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [4, 4], [4, 0], [0, 4], [0, 0]]]}
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
@@ -126,7 +126,7 @@ class DatasetError(GlomsegError, ValueError):
 
     Examples
     --------
-    >>> from glomseg import read_manifest
+    >>> from glomseg.tiles import read_manifest
     >>> read_manifest(getfixture("tmp_path"))
     Traceback (most recent call last):
     ...

@@ -1,0 +1,843 @@
+"""Train and run a U-Net on glomerulus tiles: :class:`GlomUNet` and its configuration.
+
+Everything that needs TensorFlow imports it lazily (:mod:`glomseg.model._tf`), so
+``import glomseg`` stays fast and works without the ``tf`` extra
+(``pip install 'glomseg[tf]'``). Losses and the Dice metric live in
+:mod:`glomseg.model._losses`, tile datasets in :mod:`glomseg.model._datasets`, crop sampling
+and augmentation in :mod:`glomseg.model._sampling` and :mod:`glomseg.model._augment`.
+
+**Preprocessing.** Datasets yield ``float32`` images in ``[0, 1]``;
+:meth:`GlomUNet.fit` and :meth:`GlomUNet.predict` apply the backbone's own
+preprocessing (``segmentation_models.get_preprocessing(backbone)`` on
+``255 * image``), so images reach the network exactly as the pretrained encoder
+expects, in training and in prediction alike.
+
+**Physical scale.** A model records the pixel size of the images its network saw
+(:attr:`ModelConfig.pixel_size_um`, micrometres per pixel) and the downsample
+from its training images' full resolution (:attr:`ModelConfig.downsample`), so
+prediction can resample any input to the scale the model learned.
+
+**Optimisation.** :meth:`GlomUNet.fit` takes a learning-rate schedule (constant,
+or cosine with linear warm-up) and an optional exponential moving average of the
+weights (EMA, as the second-placed HuBMAP solution used); both depend on steps,
+never on wall time.
+
+**Reproducibility.** Building a :class:`GlomUNet` calls
+``tf_keras.utils.set_random_seed(seed)`` (Python, NumPy and TensorFlow global
+seeds), and the datasets shuffle and augment from their own ``seed``. Runs on the
+same machine and software then start from identical weights and see identical
+batches; bit-identical training additionally needs
+``tf.config.experimental.enable_op_determinism()`` (slower, not set here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from glomseg.errors import PretrainedWeightsError, look_up_option
+from glomseg.io._files import atomic_path
+from glomseg.model._losses import LOSSES, LossName, custom_objects, dice_metric, loss_function
+from glomseg.model._optim import cosine_schedule, ema_callback
+from glomseg.model._pretrained import ModelCard, read_pretrained
+from glomseg.model._tf import import_tf as _import_tf
+from glomseg.model._weights import load_encoder_weights, no_downloads
+
+__all__ = ["GlomUNet", "ModelConfig", "PretrainedWeightsError", "ScheduleName"]
+
+logger = logging.getLogger(__name__)
+
+ScheduleName = Literal["constant", "cosine"]
+"""Learning-rate schedules of :meth:`GlomUNet.fit`."""
+
+DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
+"""segmentation_models' U-Net decoder widths, deepest first."""
+
+_SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
+_Preprocess = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+_H5_LEGACY_WARNING = r".*HDF5 file.*legacy.*"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _positive_number(name: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`GlomUNet`; saved next to its weights as JSON.
+
+    Parameters
+    ----------
+    backbone : str
+        A ``segmentation_models`` backbone name, e.g. ``"resnet34"``,
+        ``"resnet18"``, ``"efficientnetb0"``, ``"mobilenetv2"``.
+    input_size : int
+        Tile side in pixels, a positive multiple of 32.
+    encoder_weights : str or None
+        ``None`` (random), ``"imagenet"`` (from the local Keras cache only) or the
+        path of a local ``.h5`` weights file.
+    loss : {"dice", "bce_dice", "bce_lovasz"}
+        Soft Dice loss, binary cross-entropy plus soft Dice, or binary
+        cross-entropy plus the Lovasz hinge.
+    learning_rate : float
+        Adam's (peak) learning rate, > 0.
+    seed : int
+        Global random seed set before the model is built.
+    mixed_precision : bool
+        Use ``mixed_float16`` when a GPU is present (ignored, with a warning, on CPU).
+    bn_momentum : float or None
+        Momentum of every BatchNormalization layer's moving statistics, in
+        ``(0, 1)``. The default 0.9 (Keras uses 0.99) lets the inference-time
+        statistics catch up within tens of steps, which short CPU runs, small
+        batches and training from scratch need; None keeps the backbone's own.
+    decoder_filters : tuple of int
+        Widths of the five U-Net decoder blocks, deepest first; the default is
+        segmentation_models' ``(256, 128, 64, 32, 16)``. Halving them makes a
+        CPU training step about 1.6 times faster.
+    pixel_size_um : float or None
+        Micrometres per pixel of the images the network saw (after
+        ``downsample``), or None if unknown. Prediction resamples its input to it.
+    downsample : float or None
+        The factor from the training images' full resolution to the network's
+        input, or None if unknown; prediction uses it when the input's pixel size
+        is unknown.
+    stain : dict or None
+        A stain normaliser fitted on the training images, as its ``to_dict()``
+        (see :attr:`GlomUNet.stain_normalizer`), or None.
+    min_confidence : float or None
+        Prediction removes regions of the mask whose mean probability is below
+        this (see :class:`glomseg.PredictConfig`), in ``[0, 1)``; None: keep all.
+
+    Examples
+    --------
+    >>> config = ModelConfig(backbone="resnet18", input_size=128, pixel_size_um=1.96)
+    >>> ModelConfig.from_dict(config.to_dict()) == config
+    True
+    >>> ModelConfig(input_size=100)
+    Traceback (most recent call last):
+    ...
+    ValueError: input_size must be a positive multiple of 32, got 100
+    >>> ModelConfig(loss="bce_dcie")
+    Traceback (most recent call last):
+    ...
+    ValueError: loss must be one of 'bce_dice', 'bce_lovasz', 'dice', got 'bce_dcie'; did you ...
+    """
+
+    backbone: str = "resnet34"
+    input_size: int = 256
+    encoder_weights: str | None = None
+    loss: LossName = "bce_dice"
+    learning_rate: float = 1e-3
+    seed: int = 0
+    mixed_precision: bool = False
+    bn_momentum: float | None = 0.9
+    decoder_filters: tuple[int, ...] = DEFAULT_DECODER_FILTERS
+    pixel_size_um: float | None = None
+    downsample: float | None = None
+    stain: Mapping[str, Any] | None = field(default=None, compare=True)
+    min_confidence: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ValueError(f"backbone must be a non-empty string, got {self.backbone!r}")
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32, got {size!r}")
+        if self.encoder_weights is not None and not isinstance(self.encoder_weights, str):
+            raise TypeError(
+                "encoder_weights must be None, 'imagenet' or a path string, "
+                f"got {self.encoder_weights!r}"
+            )
+        look_up_option("loss", self.loss, LOSSES)
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {rate!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.mixed_precision, bool):
+            raise TypeError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
+        filters = self.decoder_filters
+        if (
+            not isinstance(filters, tuple | list)
+            or len(filters) != 5
+            or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters)
+        ):
+            raise ValueError(f"decoder_filters must be 5 positive integers, got {filters!r}")
+        object.__setattr__(self, "decoder_filters", tuple(filters))
+        _positive_number("pixel_size_um", self.pixel_size_um, allow_none=True)
+        _positive_number("downsample", self.downsample, allow_none=True)
+        if self.stain is not None and not isinstance(self.stain, Mapping):
+            raise TypeError(
+                f"stain must be None or a dict (a normaliser's to_dict()), got {self.stain!r}"
+            )
+        confidence = self.min_confidence
+        if confidence is not None and (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not 0 <= confidence < 1
+        ):
+            raise ValueError(f"min_confidence must be None or in [0, 1), got {confidence!r}")
+        momentum = self.bn_momentum
+        if momentum is not None and (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, int | float)
+            or not 0 < momentum < 1
+        ):
+            raise ValueError(f"bn_momentum must be None or lie in (0, 1), got {momentum!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a configuration from :meth:`to_dict`'s output (unknown keys are an error)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        return cls(**data)
+
+
+def _config_path(path: Path) -> Path:
+    """``model.h5`` -> ``model.h5.json``: where a model's configuration is saved."""
+    return path.with_name(path.name + ".json")
+
+
+def _write_config(config: ModelConfig, path: Path) -> None:
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    with atomic_path(_config_path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _stain_dict(stain: Any) -> dict[str, Any] | None:
+    """A stain normaliser (or its ``to_dict()``) as a plain dict, or None."""
+    if stain is None or isinstance(stain, Mapping):
+        return None if stain is None else dict(stain)
+    to_dict = getattr(stain, "to_dict", None)
+    if not callable(to_dict):
+        raise TypeError(
+            f"stain must be None, a stain normaliser or its to_dict(), got {type(stain).__name__}"
+        )
+    return dict(to_dict())
+
+
+def _compile(keras: Any, model: Any, config: ModelConfig, learning_rate: Any) -> None:
+    """Compile with Adam at ``learning_rate`` (a number or a schedule), the loss and Dice."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=loss_function(config.loss),
+        metrics=[dice_metric],
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+class GlomUNet:
+    """A ``segmentation_models`` U-Net for glomerulus masks, with Dice metrics.
+
+    Parameters
+    ----------
+    backbone, input_size, encoder_weights, loss, learning_rate, seed, mixed_precision
+        See :class:`ModelConfig`. ``encoder_weights`` may be ``None``,
+        ``"imagenet"`` (never downloaded: the file must already be in the Keras
+        cache ``~/.keras/models/``, else :class:`PretrainedWeightsError` names the
+        file and its URL) or a path to a local ``.h5`` file (for example the
+        ``*_no_top.h5`` ImageNet file, or any weights saved from a model of the
+        same backbone), whose layers are loaded by name.
+    bn_momentum, decoder_filters, pixel_size_um, downsample, min_confidence
+        See :class:`ModelConfig`.
+    stain : stain normaliser or dict, optional
+        A normaliser fitted on the training images (e.g.
+        :class:`glomseg.model.ReinhardNormalizer`), stored in the configuration;
+        prediction applies it to its input (see :attr:`stain_normalizer`).
+
+    Raises
+    ------
+    ImportError
+        If the ``tf`` extra is not installed.
+    PretrainedWeightsError
+        If ``encoder_weights="imagenet"`` and the file is not cached.
+
+    Notes
+    -----
+    The model outputs sigmoid probabilities ``(n, s, s, 1)``, is compiled with
+    Adam, the chosen loss and :func:`dice_metric` (logged as ``dice_metric`` /
+    ``val_dice_metric``). ``mixed_precision=True`` uses ``mixed_float16`` with a
+    float32 output layer when a GPU is present; on CPU it logs a warning and stays
+    float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model = GlomUNet(backbone="resnet18", input_size=64)
+    >>> probs = model.predict(np.zeros((2, 64, 64, 3), dtype=np.uint8))
+    >>> probs.shape, probs.dtype, bool(((probs >= 0) & (probs <= 1)).all())
+    ((2, 64, 64), dtype('float32'), True)
+    >>> model.config.backbone
+    'resnet18'
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet34",
+        input_size: int = 256,
+        encoder_weights: str | os.PathLike[str] | None = None,
+        loss: LossName = "bce_dice",
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+        mixed_precision: bool = False,
+        bn_momentum: float | None = 0.9,
+        decoder_filters: Sequence[int] = DEFAULT_DECODER_FILTERS,
+        pixel_size_um: float | None = None,
+        downsample: float | None = None,
+        stain: Any = None,
+        min_confidence: float | None = None,
+    ) -> None:
+        weights = os.fspath(encoder_weights) if encoder_weights is not None else None
+        config = ModelConfig(
+            backbone=backbone,
+            input_size=input_size,
+            encoder_weights=weights,
+            loss=loss,
+            learning_rate=learning_rate,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            bn_momentum=bn_momentum,
+            decoder_filters=tuple(decoder_filters),
+            pixel_size_um=pixel_size_um,
+            downsample=downsample,
+            stain=_stain_dict(stain),
+            min_confidence=min_confidence,
+        )
+        self._config = config
+        self._model = self._build(config)
+        self._preprocess = self._preprocessing(config.backbone)
+        self._card: ModelCard | None = None
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> GlomUNet:
+        """A new model (weights as the configuration says) from a :class:`ModelConfig`."""
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return cls(**values)
+
+    @classmethod
+    def pretrained(cls, name: str | None = None) -> GlomUNet:
+        """The glomerulus model shipped with glomseg, loaded offline from package data.
+
+        Its configuration carries its pixel size, input size, downsample and
+        stain normaliser, so ``predict_slide(slide, GlomUNet.pretrained())`` and
+        ``predict_image(image, GlomUNet.pretrained(), pixel_size_um=...)`` need
+        no other argument. Its :attr:`card` says how it was trained and how good
+        it is; ``docs/model_card.rst`` shows it.
+
+        Parameters
+        ----------
+        name : str, optional
+            One of :func:`glomseg.model.available_models`; default ``"glomeruli-pas"``.
+
+        Returns
+        -------
+        GlomUNet
+
+        Raises
+        ------
+        ValueError
+            If there is no model of that name (the message lists the available ones).
+        PretrainedWeightsError
+            If the model's files are missing or corrupt.
+
+        Examples
+        --------
+        >>> model = GlomUNet.pretrained()
+        >>> model.card.name, model.config.input_size, model.config.pixel_size_um
+        ('glomeruli-pas', 256, 1.96)
+        >>> GlomUNet.pretrained("glomeruli-hne")
+        Traceback (most recent call last):
+        ...
+        ValueError: no pretrained model named 'glomeruli-hne'; available: glomeruli-pas
+        """
+        return load_pretrained(name)
+
+    @property
+    def card(self) -> ModelCard | None:
+        """The :class:`glomseg.model.ModelCard` of a pretrained model, else None."""
+        return self._card
+
+    # ---- construction
+
+    @staticmethod
+    def _build(config: ModelConfig) -> Any:
+        tf, keras, sm = _import_tf()
+        if config.backbone not in sm.Backbones.models_names():
+            look_up_option("backbone", config.backbone, sm.Backbones.models_names())
+        keras.utils.set_random_seed(config.seed)
+        use_mixed = False
+        if config.mixed_precision:
+            if tf.config.list_physical_devices("GPU"):
+                use_mixed = True
+            else:
+                logger.warning("mixed_precision=True needs a GPU; none found, staying float32")
+        previous = keras.mixed_precision.global_policy()
+        if use_mixed:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            shape = (config.input_size, config.input_size, 3)
+            weights = config.encoder_weights
+            kwargs = {
+                "input_shape": shape,
+                "classes": 1,
+                "activation": "sigmoid",
+                "decoder_filters": config.decoder_filters,
+            }
+            if weights == "imagenet":
+                with no_downloads(sm._KERAS_UTILS, config.backbone):
+                    model = sm.Unet(config.backbone, encoder_weights="imagenet", **kwargs)
+            else:
+                model = sm.Unet(config.backbone, encoder_weights=None, **kwargs)
+                if weights is not None:
+                    load_encoder_weights(model, Path(weights))
+            if config.bn_momentum is not None:
+                for layer in model.layers:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        layer.momentum = config.bn_momentum
+            if use_mixed:
+                output = keras.layers.Activation("linear", dtype="float32", name="probabilities")(
+                    model.output
+                )
+                model = keras.Model(model.input, output, name=model.name)
+            _compile(keras, model, config, config.learning_rate)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        return model
+
+    @staticmethod
+    def _preprocessing(
+        backbone: str,
+    ) -> Callable[[NDArray[np.float32]], NDArray[np.float32]] | None:
+        """The backbone's input preprocessing on ``0..255`` floats, or None if it is identity."""
+        _, _, sm = _import_tf()
+        function = sm.get_preprocessing(backbone)
+        probe = np.array([[[[3.0, 100.0, 250.0]]]], dtype=np.float32)
+        if np.array_equal(function(probe.copy()), probe):
+            return None
+
+        def apply(images: NDArray[np.float32]) -> NDArray[np.float32]:
+            return np.asarray(function(np.array(images, dtype=np.float32)), dtype=np.float32)
+
+        return apply
+
+    # ---- properties
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's :class:`ModelConfig`."""
+        return self._config
+
+    @property
+    def stain_normalizer(self) -> Any:
+        """The stain normaliser stored with the model, or None."""
+        if self._config.stain is None:
+            return None
+        from glomseg.model._stain import normalizer_from_dict
+
+        return normalizer_from_dict(dict(self._config.stain))
+
+    def set_stain_normalizer(self, normalizer: Any) -> None:
+        """Store a stain normaliser with the model (None removes it).
+
+        Prediction then applies it to every tile (see :func:`glomseg.predict_slide`),
+        and :meth:`save` keeps it in the configuration. Use it for a model trained
+        on normalised images, or to map another lab's images onto the colours a
+        model was trained on (for the pretrained model, from the reference in its
+        :attr:`card`).
+
+        Parameters
+        ----------
+        normalizer : ReinhardNormalizer, MacenkoNormalizer, dict or None
+            The normaliser, or its ``to_dict()``.
+        """
+        self._config = dataclasses.replace(self._config, stain=_stain_dict(normalizer))
+
+    def set_min_confidence(self, value: float | None) -> None:
+        """Store the region confidence prediction applies by default (None: keep all regions).
+
+        :func:`glomseg.predict_slide` and :func:`glomseg.predict_image` remove
+        regions of the mask whose mean probability is below it, unless their
+        :class:`glomseg.PredictConfig` sets ``min_confidence``; :meth:`save`
+        keeps it in the configuration.
+        """
+        self._config = dataclasses.replace(self._config, min_confidence=value)
+
+    @property
+    def keras_model(self) -> Any:
+        """The underlying compiled ``tf_keras.Model``."""
+        return self._model
+
+    # ---- data
+
+    def _prepare(self, dataset: Any) -> Any:
+        """Map ``[0, 1]`` images to the backbone's input range, in a tf.data pipeline."""
+        tf, _, _ = _import_tf()
+        apply = self._preprocess
+
+        def prepare(images: Any, masks: Any) -> tuple[Any, Any]:
+            scaled = tf.cast(images, tf.float32) * 255.0
+            if apply is not None:
+                out = tf.numpy_function(apply, [scaled], tf.float32, stateful=False)
+                out.set_shape(scaled.shape)
+                scaled = out
+            return scaled, masks
+
+        return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def preprocess(self, images: ArrayLike) -> NDArray[np.float32]:
+        """Images as the network takes them: uint8 ``0..255`` or floats in ``[0, 1]``.
+
+        Parameters
+        ----------
+        images : array_like
+            ``(n, h, w, 3)`` (or one ``(h, w, 3)`` image): ``uint8``, or floats
+            already scaled to ``[0, 1]`` as :func:`make_datasets` yields them.
+
+        Returns
+        -------
+        ndarray of float32
+            ``(n, h, w, 3)``, after the backbone's preprocessing.
+
+        Raises
+        ------
+        ValueError
+            If the shape is wrong, or float images hold values outside ``[0, 1]`` or NaN.
+        TypeError
+            If the dtype is neither uint8 nor float.
+        """
+        array = np.asarray(images)
+        if array.ndim == 3:
+            array = array[np.newaxis]
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise ValueError(f"images must have shape (n, h, w, 3), got {array.shape}")
+        if array.dtype == np.uint8:
+            scaled = array.astype(np.float32)
+        elif array.dtype.kind == "f":
+            if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):
+                raise ValueError(
+                    "float images must lie in [0, 1] (and not be NaN), got values in "
+                    f"[{array.min()}, {array.max()}]; pass uint8 0..255 images, or divide by 255"
+                )
+            scaled = array.astype(np.float32) * np.float32(255.0)
+        else:
+            raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {array.dtype}")
+        return scaled if self._preprocess is None else self._preprocess(scaled)
+
+    # ---- training and prediction
+
+    def fit(
+        self,
+        train: Any,
+        validation: Any = None,
+        *,
+        epochs: int,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        patience: int | None = 10,
+        callbacks: Sequence[Any] = (),
+        verbose: int = 0,
+        schedule: ScheduleName = "constant",
+        warmup_steps: int = 0,
+        ema: float | None = None,
+    ) -> dict[str, list[float]]:
+        """Train on ``(images, masks)`` batches as :func:`make_datasets` yields them.
+
+        Parameters
+        ----------
+        train, validation : tf.data.Dataset
+            Batches of float32 images in ``[0, 1]`` and 0/1 masks ``(n, h, w, 1)``.
+            ``validation`` may be None (then callbacks monitor the training Dice).
+        epochs : int
+            Epochs to run (early stopping may end sooner).
+        steps_per_epoch : int, optional
+            Batches per epoch; when given, ``train`` is repeated indefinitely.
+            Default: one pass over ``train``.
+        validation_steps : int, optional
+            Validation batches per epoch; default one full pass.
+        checkpoint_dir : path, optional
+            If given: ``best.h5`` (+ ``best.h5.json``, loadable with :meth:`load`)
+            keeps the weights of the epoch with the best validation Dice, and
+            ``log.csv`` logs every epoch.
+        patience : int or None
+            Epochs without improvement of the validation Dice before stopping
+            early, which restores the best epoch's weights; None disables early
+            stopping. A run that completes all ``epochs`` keeps its last weights
+            (the best ones are in ``checkpoint_dir/best.h5``).
+        callbacks : sequence of keras callbacks
+            Extra callbacks.
+        verbose : int
+            Keras' verbosity; 0 (the default) prints nothing.
+        schedule : {"constant", "cosine"}
+            The learning rate: constant at ``config.learning_rate``, or a linear
+            warm-up over ``warmup_steps`` from 1 % of it, then a cosine decay to
+            1 % of it at the last of ``epochs * steps_per_epoch`` steps (which
+            ``"cosine"`` needs). Each call starts the schedule, and the
+            optimizer, afresh.
+        warmup_steps : int
+            Steps of linear warm-up of the cosine schedule, >= 0.
+        ema : float or None
+            Keep an exponential moving average of the weights with this momentum
+            (e.g. 0.99), in ``(0, 1)``: it is what validation measures, what
+            checkpoints save, and what the model holds when training ends.
+            None (the default) trains the weights alone.
+
+        Returns
+        -------
+        dict of str to list of float
+            Keras' history: ``loss``, ``dice_metric``, ``val_loss``,
+            ``val_dice_metric`` per epoch.
+
+        Raises
+        ------
+        ValueError
+            If an option is out of range, or ``schedule="cosine"`` lacks
+            ``steps_per_epoch``.
+        """
+        tf, keras, _ = _import_tf()
+        look_up_option("schedule", schedule, _SCHEDULES)
+        for name, value in (("epochs", epochs), ("warmup_steps", warmup_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if ema is not None and (
+            isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1
+        ):
+            raise ValueError(f"ema must be None or lie in (0, 1), got {ema!r}")
+        if schedule == "cosine":
+            if steps_per_epoch is None:
+                raise ValueError("schedule='cosine' needs steps_per_epoch (its length in steps)")
+            total = epochs * steps_per_epoch
+            rate = cosine_schedule(keras, self._config.learning_rate, total, warmup_steps)
+            _compile(keras, self._model, self._config, rate)
+        monitor = "val_dice_metric" if validation is not None else "dice_metric"
+        all_callbacks: list[Any] = []
+        if ema is not None:  # first, so the callbacks after it see the average
+            all_callbacks.append(ema_callback(keras, tf, float(ema)))
+        if checkpoint_dir is not None:
+            directory = Path(checkpoint_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            best = directory / "best.h5"
+            _write_config(self._config, best)
+            all_callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    str(best), monitor=monitor, mode="max", save_best_only=True
+                )
+            )
+            all_callbacks.append(keras.callbacks.CSVLogger(str(directory / "log.csv")))
+        if patience is not None:
+            all_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode="max", patience=patience, restore_best_weights=True
+                )
+            )
+        all_callbacks.extend(callbacks)
+        data = self._prepare(train)
+        if steps_per_epoch is not None:
+            data = data.repeat()
+        val_data = self._prepare(validation) if validation is not None else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_H5_LEGACY_WARNING, category=UserWarning)
+            history = self._model.fit(
+                data,
+                validation_data=val_data,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+                callbacks=all_callbacks,
+                verbose=verbose,
+            )
+        return {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    def evaluate(self, dataset: Any) -> dict[str, float]:
+        """Loss and Dice (mean per tile) over a dataset like :func:`make_datasets`' validation."""
+        result = self._model.evaluate(self._prepare(dataset), verbose=0, return_dict=True)
+        return {key: float(value) for key, value in result.items()}
+
+    def predict(self, images: ArrayLike, *, batch_size: int = 8) -> NDArray[np.float32]:
+        """Glomerulus probabilities for a batch of tiles.
+
+        Parameters
+        ----------
+        images : array_like
+            ``(n, s, s, 3)`` with ``s`` the model's ``input_size``: uint8, or
+            floats in ``[0, 1]``.
+        batch_size : int
+            Tiles per forward pass.
+
+        Returns
+        -------
+        ndarray of float32
+            ``(n, s, s)`` probabilities in ``[0, 1]`` (``n`` may be 0).
+
+        Raises
+        ------
+        ValueError
+            If the images are not ``(n, s, s, 3)``, or float images are not in ``[0, 1]``.
+        TypeError
+            If the dtype is neither uint8 nor float.
+        """
+        batch = self.preprocess(images)
+        size = self._config.input_size
+        if batch.shape[1:3] != (size, size):
+            raise ValueError(
+                f"images must be {size} x {size} (the model's input_size), "
+                f"got {batch.shape[1]} x {batch.shape[2]}"
+            )
+        if not len(batch):
+            return np.zeros((0, size, size), dtype=np.float32)
+        probs = self._model.predict(batch, batch_size=batch_size, verbose=0)
+        return np.asarray(probs, dtype=np.float32)[..., 0]
+
+    def __call__(self, images: ArrayLike) -> NDArray[np.float32]:
+        """Same as :meth:`predict`, so a model can serve as a stitching predictor."""
+        return self.predict(images)
+
+    # ---- persistence
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the model (``.h5`` or ``.keras``) and its configuration (``<path>.json``).
+
+        Parameters
+        ----------
+        path : path
+            Ends in ``.h5`` (HDF5, with the optimizer state) or ``.keras``
+            (Keras v3 zip format).
+
+        Returns
+        -------
+        pathlib.Path
+            The model file.
+        """
+        target = Path(path)
+        suffix = target.suffix.lower()
+        if suffix not in (".h5", ".keras"):
+            raise ValueError(f"path must end in .h5 or .keras, got {target.name!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_H5_LEGACY_WARNING, category=UserWarning)
+            self._model.save(str(target))
+        _write_config(self._config, target)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, compile: bool = True) -> GlomUNet:
+        """Load a model saved by :meth:`save` (or a ``best.h5`` checkpoint of :meth:`fit`).
+
+        Parameters
+        ----------
+        path : path
+            The ``.h5`` or ``.keras`` file; its ``<path>.json`` configuration must
+            lie next to it.
+        compile : bool
+            Restore the loss, metrics and optimizer state too (needed to go on
+            training); ``False`` loads faster for prediction only.
+
+        Returns
+        -------
+        GlomUNet
+        """
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"model file not found: {source}")
+        config_file = _config_path(source)
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"{config_file} not found: GlomUNet.load needs the configuration that "
+                "GlomUNet.save writes next to the model"
+            )
+        try:
+            config = ModelConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{config_file}: not a GlomUNet configuration ({error})") from None
+        _, keras, _ = _import_tf()
+        model = keras.models.load_model(
+            str(source), custom_objects=custom_objects(), compile=compile
+        )
+        self = cls.__new__(cls)
+        self._config = config
+        self._model = model
+        self._preprocess = cls._preprocessing(config.backbone)
+        self._card = None
+        return self
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"GlomUNet(backbone={c.backbone!r}, input_size={c.input_size}, "
+            f"encoder_weights={c.encoder_weights!r}, loss={c.loss!r})"
+        )
+
+
+def load_pretrained(
+    name: str | None = None, *, directory: str | os.PathLike[str] | None = None
+) -> GlomUNet:
+    """Load a pretrained model by name, offline (see :meth:`GlomUNet.pretrained`).
+
+    Parameters
+    ----------
+    name : str, optional
+        The model's name; default ``"glomeruli-pas"``.
+    directory : path, optional
+        The folder holding the models' folders; default those shipped in the package.
+
+    Raises
+    ------
+    ValueError
+        If no model of that name exists; the message lists those that do.
+    PretrainedWeightsError
+        If the model's files are missing, corrupt or do not fit its configuration.
+    """
+    files = read_pretrained(name, directory=directory)
+    try:
+        config = ModelConfig.from_dict(files.config)
+    except (ValueError, TypeError) as error:
+        raise PretrainedWeightsError(
+            f"{files.folder}: not a valid pretrained model ({error})"
+        ) from None
+    model = GlomUNet.from_config(config)
+    path = files.folder / "weights.npz"
+    weights = model.keras_model.weights
+    expected = [(w.name, tuple(w.shape)) for w in weights]
+    got = [(n, tuple(a.shape)) for n, a in zip(files.names, files.arrays, strict=False)]
+    if len(got) != len(expected) or any(g[1] != e[1] for g, e in zip(got, expected, strict=True)):
+        raise PretrainedWeightsError(
+            f"{path}: its {len(got)} arrays do not fit the {len(expected)} weights of "
+            f"the model its config.json describes"
+        )
+    for weight, array in zip(weights, files.arrays, strict=True):
+        weight.assign(array.astype(np.float32))
+    model._card = files.card
+    return model
