@@ -106,6 +106,27 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
 
 
 @needs_tf
+def test_recipe_fit_trains_an_existing_model_at_the_recipe_learning_rate() -> None:
+    model = GlomUNet(backbone="resnet18", input_size=64, learning_rate=1e-3, seed=0)
+    images, masks = blobs(4, (96, 96))
+    recipe = TrainingRecipe(
+        crop_size=64,
+        steps=2,
+        batch_size=2,
+        learning_rate=2e-4,
+        warmup=0.5,
+        augmentation=Augmentation.none(),
+        ema=None,
+    )
+    recipe.fit(model, images, masks)
+    schedule = model.keras_model.optimizer._learning_rate
+    assert float(schedule(1)) == pytest.approx(2e-4)  # the peak, after one warm-up step
+    assert model.config.learning_rate == 1e-3  # the model's own setting is kept
+    with pytest.raises(ValueError, match="learning_rate must be a number > 0, got 0"):
+        model.fit(None, epochs=1, learning_rate=0)
+
+
+@needs_tf
 def test_ema_averages_every_weight_with_a_warm_up() -> None:
     from glomseg.model._optim import ema_callback as _ema_callback
     from glomseg.model._tf import import_tf

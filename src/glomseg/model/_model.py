@@ -573,6 +573,7 @@ class GlomUNet:
         schedule: ScheduleName = "constant",
         warmup_steps: int = 0,
         ema: float | None = None,
+        learning_rate: float | None = None,
     ) -> dict[str, list[float]]:
         """Train on ``(images, masks)`` batches as :func:`make_datasets` yields them.
 
@@ -614,6 +615,10 @@ class GlomUNet:
             (e.g. 0.99), in ``(0, 1)``: it is what validation measures, what
             checkpoints save, and what the model holds when training ends.
             None (the default) trains the weights alone.
+        learning_rate : float, optional
+            The (peak) learning rate of this call, > 0, for a model trained on:
+            fine-tuning a pretrained model usually wants less than it was trained
+            with. Default ``config.learning_rate``; the config keeps its value.
 
         Returns
         -------
@@ -636,12 +641,17 @@ class GlomUNet:
             isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1
         ):
             raise ValueError(f"ema must be None or lie in (0, 1), got {ema!r}")
+        peak = self._config.learning_rate if learning_rate is None else learning_rate
+        if isinstance(peak, bool) or not isinstance(peak, int | float) or not peak > 0:
+            raise ValueError(f"learning_rate must be a number > 0, got {learning_rate!r}")
         if schedule == "cosine":
             if steps_per_epoch is None:
                 raise ValueError("schedule='cosine' needs steps_per_epoch (its length in steps)")
             total = epochs * steps_per_epoch
-            rate = cosine_schedule(keras, self._config.learning_rate, total, warmup_steps)
+            rate = cosine_schedule(keras, float(peak), total, warmup_steps)
             _compile(keras, self._model, self._config, rate)
+        elif learning_rate is not None:
+            _compile(keras, self._model, self._config, float(peak))
         monitor = "val_dice_metric" if validation is not None else "dice_metric"
         all_callbacks: list[Any] = []
         if ema is not None:  # first, so the callbacks after it see the average

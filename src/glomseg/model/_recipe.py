@@ -255,6 +255,7 @@ class TrainingRecipe:
             schedule="cosine",
             warmup_steps=self.warmup_steps,
             ema=self.ema,
+            learning_rate=self.learning_rate,
             callbacks=callbacks,
             verbose=verbose,
         )
