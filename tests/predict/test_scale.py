@@ -197,6 +197,7 @@ def scale_cases(draw):
         tta=draw(st.booleans()),
         batch_size=draw(st.integers(1, 5)),
         skip_background=draw(st.booleans()),
+        dark_threshold=draw(st.sampled_from([None, 215, 225])),
         min_confidence=draw(st.sampled_from([None, 0.0, 0.7, 0.9])),
         chunk_size=16,
     )
@@ -221,6 +222,38 @@ def test_predict_image_equals_predict_slide(tmp_path_factory, case):
     np.testing.assert_array_equal(mask, slide.read())
     expected = config.downsample or (2.5 if known is None else 1.0 / known)
     assert slide.attributes["downsample"] == pytest.approx(expected)
+
+
+def everywhere(batch: np.ndarray) -> np.ndarray:
+    """A model that sees a glomerulus in every tile it is given."""
+    return np.ones(batch.shape[:3], dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "colour", [(150, 150, 150), (236, 205, 230)], ids=["greyscale", "pale pink PAS"]
+)
+def test_grey_and_pale_tissue_is_predicted_glass_and_padding_are_not(colour):
+    image = np.full((64, 64, 3), 245, dtype=np.uint8)  # glass
+    image[:32, :32] = colour  # tissue with little or no colour: HSV saturation below 40
+    image[32:, 32:] = 0  # black padding
+    model = FakeModel(everywhere, input_size=16, pixel_size_um=1.0, downsample=1)
+    mask = predict_image(image, model, pixel_size_um=1.0)
+    assert mask[:32, :32].all()  # the tissue's tiles were predicted
+    assert not mask[48:].any()
+    assert not mask[:, 48:].any()  # tiles of glass and padding alone were not
+    only_colour = PredictConfig(dark_threshold=None)
+    assert not predict_image(image, model, pixel_size_um=1.0, config=only_colour).any()
+
+
+def test_an_image_without_tissue_stays_empty():
+    model = FakeModel(everywhere, input_size=16, pixel_size_um=1.0, downsample=1)
+    glass = np.full((40, 50, 3), 240, dtype=np.uint8)
+    glass[:, :10] = 0  # and black padding
+    glass[5, 20] = (243, 238, 245)  # a faint speck of colour on the glass
+    assert not predict_image(glass, model, pixel_size_um=1.0).any()
+    assert model.calls == 0
+    with pytest.raises(ValueError, match=r"dark_threshold must be in \[0, 255\], got 300"):
+        PredictConfig(dark_threshold=300)
 
 
 def test_predict_image_defaults_and_its_example():

@@ -70,6 +70,8 @@ class RowStream:
     saturation_threshold : int or None
         Classify each prediction pixel as tissue with :func:`glomseg.io.tissue_pixels`
         at this threshold; ``None`` skips it.
+    dark_threshold : int or None
+        ``tissue_pixels``' grey threshold (tissue without colour), or None.
     piece_bytes : int
         Full-resolution bytes of a piece.
     """
@@ -82,12 +84,14 @@ class RowStream:
         *,
         workers: int,
         saturation_threshold: int | None,
+        dark_threshold: int | None = None,
         piece_bytes: int = PIECE_BYTES,
     ) -> None:
         self.reader = reader
         self.height, self.width = shape
         self.downsample = downsample
         self.saturation_threshold = saturation_threshold
+        self.dark_threshold = dark_threshold
         self.workers = workers
         levels = reader.level_downsamples[1:]
         # With a pyramid level at or below the downsample, let the reader resample from it.
@@ -192,7 +196,11 @@ class RowStream:
         image[:, c0:c1] = block
         if tissue is not None:
             assert self.saturation_threshold is not None
-            tissue[:, c0:c1] = tissue_pixels(block, saturation_threshold=self.saturation_threshold)
+            tissue[:, c0:c1] = tissue_pixels(
+                block,
+                saturation_threshold=self.saturation_threshold,
+                dark_threshold=self.dark_threshold,
+            )
         with self.lock:
             self.busy_s += time.perf_counter() - begin
 

@@ -13,11 +13,22 @@ from numpy.typing import NDArray
 __all__ = ["tissue_pixels"]
 
 
-def tissue_pixels(image: NDArray[np.uint8], *, saturation_threshold: int = 40) -> NDArray[np.bool_]:
+#: Brightest channel below which a grey pixel is black padding, not tissue.
+PADDING_LEVEL = 32
+
+
+def tissue_pixels(
+    image: NDArray[np.uint8], *, saturation_threshold: int = 40, dark_threshold: int | None = None
+) -> NDArray[np.bool_]:
     """Which pixels of an RGB image are tissue: HSV saturation (0-255) above a threshold.
 
-    The exact integer rule :func:`tile_stats` counts:
-    ``255 * (max - min) > threshold * max`` over the three channels.
+    The exact integer rule :func:`glomseg.tiles.tile_stats` counts:
+    ``255 * (max - min) > threshold * max`` over the three channels. With
+    ``dark_threshold``, a pixel counts too when it absorbs light, whatever its
+    colour: its darkest channel is at most ``dark_threshold`` (glass lets nearly
+    all light through in every channel) and its brightest at least
+    :data:`PADDING_LEVEL` (not black padding), so that greyscale scans and very
+    pale stains are not taken for background.
 
     Examples
     --------
@@ -25,6 +36,12 @@ def tissue_pixels(image: NDArray[np.uint8], *, saturation_threshold: int = 40) -
     >>> image = np.array([[[243, 241, 246], [200, 100, 150]]], dtype=np.uint8)
     >>> tissue_pixels(image).astype(int)
     array([[0, 1]])
+    >>> pixels = [[[245, 245, 245], [150, 150, 150], [236, 205, 230], [5, 5, 5]]]
+    >>> glass_grey_pale_black = np.array(pixels, dtype=np.uint8)
+    >>> tissue_pixels(glass_grey_pale_black).astype(int)
+    array([[0, 0, 0, 0]])
+    >>> tissue_pixels(glass_grey_pale_black, dark_threshold=215).astype(int)
+    array([[0, 1, 1, 0]])
     """
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     high = np.maximum(np.maximum(r, g), b)
@@ -33,4 +50,7 @@ def tissue_pixels(image: NDArray[np.uint8], *, saturation_threshold: int = 40) -
     scaled = high.astype(np.uint16)
     scaled *= np.uint16(saturation_threshold)
     tissue: NDArray[np.bool_] = spread > scaled
+    if dark_threshold is not None:
+        low = np.minimum(np.minimum(r, g), b)
+        tissue |= (low <= dark_threshold) & (high >= PADDING_LEVEL)
     return tissue

@@ -92,6 +92,12 @@ class PredictConfig:
     saturation_threshold : int
         A pixel is tissue when its HSV saturation (0-255) is strictly greater,
         the rule of :func:`glomseg.tiles.tile_stats`; in ``[0, 255]``.
+    dark_threshold : int or None
+        A pixel is tissue, too, when its darkest channel is at most this (it
+        absorbs light where glass does not) and it is not black padding (see
+        :func:`glomseg.io.tissue_pixels`), so that greyscale scans and very pale
+        stains are predicted; in ``[0, 255]``, default 215. None counts
+        saturated pixels only.
     min_tissue : float
         A tile is background when its tissue fraction is at most this, in
         ``[0, 1)``. The default 0 skips only tiles without a single tissue pixel,
@@ -141,6 +147,7 @@ class PredictConfig:
     edge: GridEdge = "shift"
     skip_background: bool = True
     saturation_threshold: int = 40
+    dark_threshold: int | None = 215
     min_tissue: float = 0.0
     prefetch: int = 64
     chunk_size: int = 1024
@@ -178,6 +185,11 @@ class PredictConfig:
         if sat > 255:
             raise ValueError(f"saturation_threshold must be in [0, 255], got {sat}")
         object.__setattr__(self, "saturation_threshold", sat)
+        if self.dark_threshold is not None:
+            grey = _positive_int("dark_threshold", self.dark_threshold, minimum=0)
+            if grey > 255:
+                raise ValueError(f"dark_threshold must be in [0, 255], got {grey}")
+            object.__setattr__(self, "dark_threshold", grey)
         object.__setattr__(self, "prefetch", _positive_int("prefetch", self.prefetch))
         chunk = _positive_int("chunk_size", self.chunk_size, minimum=16)
         if chunk % 16:

@@ -97,6 +97,7 @@ class _TileReader(threading.Thread):
             self.downsample,
             workers=cfg.workers or default_workers(),
             saturation_threshold=cfg.saturation_threshold if cfg.skip_background else None,
+            dark_threshold=cfg.dark_threshold,
         )
         try:
             self._cut(stream)

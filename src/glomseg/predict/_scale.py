@@ -259,7 +259,9 @@ def _tissue_filter(predictor: Predictor, config: PredictConfig) -> Predictor:
         n, t = batch.shape[0], batch.shape[1]
         counts = np.count_nonzero(
             tissue_pixels(
-                batch.reshape(n * t, t, 3), saturation_threshold=config.saturation_threshold
+                batch.reshape(n * t, t, 3),
+                saturation_threshold=config.saturation_threshold,
+                dark_threshold=config.dark_threshold,
             ).reshape(n, t * t),
             axis=1,
         )
