@@ -1,6 +1,6 @@
 """Does augmentation starve training on 2 cores? Crop pipeline throughput against training.
 
-    python benchmarks/bench_augment.py [--tiles DIR] [--steps 20]
+    python benchmarks/bench_augment.py [--tiles DIR] [--steps 20] [--cross-lab]
 
 On the real HuBMAP training images (``hubmap.py``), with the
 :class:`glomseg.TrainingRecipe` defaults (256-px crops, batch 8):
@@ -11,6 +11,9 @@ On the real HuBMAP training images (``hubmap.py``), with the
    fed by one batch repeated from memory (no sampling, no augmentation): seconds
    per step. Equal step times mean the pipeline keeps up, so augmentation costs
    training nothing.
+
+``--cross-lab`` measures :meth:`glomseg.Augmentation.cross_lab` (stain transfer,
+wide colour jitter, grey and JPEG) instead of the defaults.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import hubmap
 
 from glomseg import Augmentation, TrainingRecipe, load_training_images
-from glomseg.model import CropSampler, make_crop_dataset
+from glomseg.model import CropSampler, MacenkoNormalizer, make_crop_dataset
 
 
 def throughput(sampler: CropSampler, aug: Augmentation, batches: int) -> float:
@@ -48,11 +51,14 @@ def main() -> None:
     )
     parser.add_argument("--tiles", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cross-lab", action="store_true")
     args = parser.parse_args()
     data = hubmap.split(hubmap.find_tiles(args.tiles))
     images, masks = load_training_images(data.train, downsample=hubmap.DOWNSAMPLE)
     recipe = TrainingRecipe()
     aug = recipe.augmentation
+    if args.cross_lab:
+        aug = Augmentation.cross_lab(MacenkoNormalizer.fit(images).stain_matrix)
     sampler = CropSampler(images, masks, region_size=aug.region_size(256), seed=0)
     plain = CropSampler(images, masks, region_size=256, seed=0)
     full_rate = throughput(sampler, aug, 40)

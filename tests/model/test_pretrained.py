@@ -168,3 +168,17 @@ def test_unknown_and_broken_pretrained_models(tmp_path: Path) -> None:
     (folder / "card.json").write_text("{")
     with pytest.raises(PretrainedWeightsError, match="not valid JSON"):
         load_pretrained("tiny", directory=tmp_path)
+
+
+def test_the_stain_reference_round_trips_through_the_card() -> None:
+    from glomseg.model import ReinhardNormalizer, normalizer_from_dict, read_pretrained
+
+    card = read_pretrained().card
+    for method in ("reinhard", "macenko"):
+        normaliser = normalizer_from_dict(card.stain_reference[method])
+        assert normaliser.to_dict() == card.stain_reference[method]
+    reinhard = normalizer_from_dict(card.stain_reference["reinhard"])
+    rng = np.random.default_rng(0)
+    pale = rng.integers(150, 235, (64, 64, 3), dtype=np.uint8)  # some other lab's colours
+    back = ReinhardNormalizer.fit(reinhard.transform(pale))
+    np.testing.assert_allclose(back.means, card.stain_reference["reinhard"]["means"], atol=1.5)
