@@ -37,7 +37,7 @@ from PIL import Image
 
 from glomseg import GlomUNet, PredictConfig, load_training_images, predict_image
 from glomseg.evaluate import dice_coefficient
-from glomseg.model import normalizer_from_dict
+from glomseg.model import available_models, normalizer_from_dict
 
 HERE = Path(__file__).resolve().parent
 AIDPATH = HERE.parent.parent / "shared" / "data" / "aidpath"
@@ -113,14 +113,19 @@ def score(
 
 
 def load(spec: str) -> GlomUNet:
-    return GlomUNet.pretrained() if spec == "pretrained" else GlomUNet.load(spec, compile=False)
+    """``pretrained`` (the default shipped model), a shipped model's name, or a saved ``.h5``."""
+    if spec == "pretrained":
+        return GlomUNet.pretrained()
+    if spec in available_models():
+        return GlomUNet.pretrained(spec)
+    return GlomUNet.load(spec, compile=False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", nargs="+", default=["pretrained"])
+    parser.add_argument("--model", nargs="+", default=["pretrained", "glomeruli-crosslab"])
     parser.add_argument("--tiles", type=Path, default=None)
     parser.add_argument("--tta", action="store_true", help="flip TTA (default: off)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Adapting the shipped model to another lab's slides: fine-tune on 8 AIDPATH tiles, score 16.
 
-    python benchmarks/bench_finetune.py [--model pretrained|PATH.h5] [--steps 120]
-        [--learning-rate 2e-4] [--seed 0] [--json out/bench/finetune.json]
+    python benchmarks/bench_finetune.py [--model glomeruli-crosslab|pretrained|PATH.h5]
+        [--steps 120] [--learning-rate 2e-4] [--seed 0] [--json out/bench/finetune.json]
 
 A user with a few annotated images of their own stain fine-tunes the model for a
 fixed number of steps (:meth:`glomseg.TrainingRecipe.fit` on the images at the
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="pretrained")
+    parser.add_argument("--model", default="glomeruli-crosslab")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0)

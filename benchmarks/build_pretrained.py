@@ -5,6 +5,11 @@
         [--restarted-model out/bench/restarted.h5]
         [--out src/glomseg/model/pretrained/glomeruli-pas]
 
+The cross-lab model ``glomeruli-crosslab`` is ``--steps 1200 --restart-steps 800
+1000 1200 --augmentation default default default cross-lab --out
+src/glomseg/model/pretrained/glomeruli-crosslab`` (its page:
+``docs/model_card_glomeruli-crosslab.rst``).
+
 1. **Train** :class:`glomseg.TrainingRecipe` (its defaults, ``--steps`` steps,
    ``--seed``) on the 66 HuBMAP tiles with ids below 250 at 2x downsample
    (1.96 um/px); with ``--restart-steps N1 N2 ...``, then one more cosine cycle
@@ -17,9 +22,7 @@
    machine with a GPU TensorFlow uses it; the result depends on steps and seed only.
    ``--augmentation A0 A1 ...`` names each cycle's augmentation (the last one
    repeats): ``default`` (:class:`glomseg.Augmentation`) or ``cross-lab``
-   (:meth:`glomseg.Augmentation.cross_lab`). The shipped model is
-   ``--steps 1200 --restart-steps 800 1000 1200 --augmentation default default
-   default cross-lab``.
+   (:meth:`glomseg.Augmentation.cross_lab`).
 2. **Package** it as float16 weights with its configuration
    (:func:`glomseg.model._pretrained.save_pretrained`) and load it back, so everything
    below measures the model as shipped.
@@ -232,6 +235,39 @@ def _labs_table(labs: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     return lines
 
 
+def _name_arg(name: str) -> str:
+    """The argument of GlomUNet.pretrained() that loads ``name``."""
+    return "" if name == DEFAULT_MODEL else repr(name).replace("'", '"')
+
+
+def _labs_section(v: dict) -> list[str]:
+    """The card's across-labs figures, where the build measured them."""
+    if "across_labs" not in v:
+        return []
+    return [
+        "Across labs and stains",
+        "----------------------",
+        "",
+        "Every default (no TTA), the pixel size given: the same validation tiles "
+        "re-stained to synthetic stains none of which is in the training augmentation "
+        "(``benchmarks/bench_domains.py``), and 24 PAS tiles of another lab (AIDPATH: Bueno "
+        "et al., Mendeley Data k7nvtgn2x6 v3, CC BY 4.0), never trained or chosen on. "
+        "Mean Dice per image / pooled; *Reinhard* maps each tile to the training images' "
+        "colours first"
+        + (
+            " (the default, chosen on the synthetic stains)."
+            if v["normalise_by_default"]
+            else " (not the default: it did not help on the synthetic stains)."
+        ),
+        "",
+        *_labs_table(v["across_labs"]),
+        "",
+        "The synthetic stains are re-stained copies of the validation tiles: choosing "
+        "whether to normalise on them is the one choice those tiles took part in.",
+        "",
+    ]
+
+
 def write_docs(card: ModelCard, path: Path) -> None:
     """The model card as a page of the docs (regenerated with the model)."""
     v, sp = card.validation, card.speed
@@ -249,7 +285,7 @@ def write_docs(card: ModelCard, path: Path) -> None:
         "",
         "   from glomseg import GlomUNet, predict_image, predict_slide",
         "",
-        "   model = GlomUNet.pretrained()          # offline, from package data",
+        f"   model = GlomUNet.pretrained({_name_arg(card.name)})  # offline, from package data",
         '   mask = predict_slide("slide.tiff", model)  # scale from the slide\'s metadata',
         "   mask = predict_image(image, model, pixel_size_um=0.5)",
         "   print(model.card.to_markdown())",
@@ -258,7 +294,7 @@ def write_docs(card: ModelCard, path: Path) -> None:
         "",
         ".. code-block:: python",
         "",
-        "   from glomseg import normalizer_from_dict",
+        "   from glomseg.model import normalizer_from_dict",
         "",
         '   reference = model.card.stain_reference["macenko"]  # or "reinhard"',
         "   model.set_stain_normalizer(normalizer_from_dict(reference))",
@@ -305,23 +341,7 @@ def write_docs(card: ModelCard, path: Path) -> None:
         + ", ".join(f"{k} ({d:.3f})" for k, d in v["min_confidence_training_dice"].items())
         + "; the validation images played no part in it.",
         "",
-        "Across labs and stains",
-        "----------------------",
-        "",
-        "Every default (no TTA), the pixel size given: the same validation tiles "
-        "re-stained to synthetic stains none of which is in the training augmentation "
-        "(``benchmarks/bench_domains.py``), and 24 PAS tiles of another lab (AIDPATH: Bueno "
-        "et al., Mendeley Data k7nvtgn2x6 v3, CC BY 4.0), never trained or chosen on. "
-        "Mean Dice per image / pooled; *Reinhard* maps each tile to the training images' "
-        "colours first"
-        + (
-            " (the default, chosen on the synthetic stains)."
-            if v["normalise_by_default"]
-            else " (not the default: it did not help on the synthetic stains)."
-        ),
-        "",
-        *_labs_table(v["across_labs"]),
-        "",
+        *_labs_section(v),
         "Speed",
         "-----",
         "",
@@ -479,8 +499,9 @@ def main() -> None:
             {**card.to_dict(), "validation": validation, "speed": timing, "limits": LIMITS}
         )
         folder = save_pretrained(trained, args.out, card)
-    if args.out == OUT:
-        write_docs(load_pretrained(args.out.name, directory=folder.parent).card, DOCS)
+    if args.out.parent == OUT.parent:  # a model shipped in the package: its docs page too
+        page = DOCS if args.out == OUT else DOCS.with_name(f"model_card_{args.out.name}.rst")
+        write_docs(load_pretrained(args.out.name, directory=folder.parent).card, page)
     print(f"wrote {folder}")
 
 

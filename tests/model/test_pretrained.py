@@ -50,9 +50,10 @@ print(json.dumps({"card": model.card.name, "scores": scores}))
 """
 
 
-def test_the_shipped_model_and_its_card_are_package_data() -> None:
-    assert available_models() == ["glomeruli-pas"]
-    folder = MODELS_DIR / "glomeruli-pas"
+@pytest.mark.parametrize("name", ["glomeruli-pas", "glomeruli-crosslab"])
+def test_the_shipped_models_and_their_cards_are_package_data(name: str) -> None:
+    assert available_models() == ["glomeruli-crosslab", "glomeruli-pas"]
+    folder = MODELS_DIR / name
     weights = folder / "weights.npz"
     assert weights.stat().st_size < 40e6
     card = ModelCard.from_dict(json.loads((folder / "card.json").read_text()))
@@ -69,6 +70,7 @@ def test_the_shipped_model_and_its_card_are_package_data() -> None:
     on_training = card.validation["min_confidence_training_dice"]
     assert on_training[f"{chosen:g}"] == max(on_training.values())
     assert (folder / "ATTRIBUTION.md").is_file()
+    assert card.name == name
     assert "MIT" in card.licence
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"model/pretrained/*/*.npz"' in pyproject
