@@ -381,7 +381,7 @@ class GlomUNet:
         >>> GlomUNet.pretrained("glomeruli-hne")
         Traceback (most recent call last):
         ...
-        ValueError: no pretrained model named 'glomeruli-hne'; available: glomeruli-crosslab, glomeruli-pas
+        ValueError: no pretrained model named 'glomeruli-hne'; available: glomeruli-crosslab, ...
         """
         return load_pretrained(name)
 
