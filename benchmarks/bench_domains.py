@@ -37,14 +37,14 @@ from PIL import Image
 
 from glomseg import GlomUNet, PredictConfig, load_training_images, predict_image
 from glomseg.evaluate import dice_coefficient
-from glomseg.model import available_models, normalizer_from_dict
+from glomseg.model import STAIN_BANK, available_models, normalizer_from_dict
 
 HERE = Path(__file__).resolve().parent
 AIDPATH = HERE.parent.parent / "shared" / "data" / "aidpath"
 AIDPATH_PIXEL_SIZE_UM = 0.59
 
 #: The training slide's stains (Macenko on its training tiles), nuclear stain first.
-SOURCE = ((0.5914, 0.7289, 0.3449), (0.2940, 0.9253, 0.2395))
+SOURCE = STAIN_BANK["pas-hubmap"]
 
 #: Synthetic target stains: (nuclear vector, counterstain vector, amount factors).
 SHIFTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[float, float]]] = {
@@ -93,6 +93,19 @@ def aidpath() -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     return names, images, masks
 
 
+def image_sets(
+    images: list[np.ndarray], truths: list[np.ndarray], limit: int | None = None
+) -> dict[str, tuple[list[np.ndarray], list[np.ndarray], float]]:
+    """The validation images, their re-stained copies and AIDPATH: (images, truths, um/px)."""
+    px = hubmap.PIXEL_SIZE_UM
+    sets = {"HuBMAP validation": (images, truths, px)}
+    for shift in SHIFTS:
+        sets[shift] = ([restain(image, shift) for image in images], truths, px)
+    _, a_images, a_truths = aidpath()
+    sets["AIDPATH"] = (a_images[:limit], a_truths[:limit], AIDPATH_PIXEL_SIZE_UM)
+    return sets
+
+
 def score(
     model: GlomUNet,
     images: list[np.ndarray],
@@ -138,11 +151,7 @@ def main() -> None:
     validation = data.validation[: args.limit]
     images, truths = load_training_images(validation, downsample=1)
     truths = [t.astype(bool) for t in truths]
-    sets = {"HuBMAP validation": (images, truths, hubmap.PIXEL_SIZE_UM)}
-    for shift in SHIFTS:
-        sets[shift] = ([restain(i, shift) for i in images], truths, hubmap.PIXEL_SIZE_UM)
-    _, a_images, a_truths = aidpath()
-    sets["AIDPATH"] = (a_images[: args.limit], a_truths[: args.limit], AIDPATH_PIXEL_SIZE_UM)
+    sets = image_sets(images, truths, args.limit)
     reference = GlomUNet.pretrained().card
     results: dict[str, dict[str, dict[str, float]]] = {}
     config = PredictConfig(tta=args.tta)

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import hubmap
 import numpy as np
-from bench_domains import AIDPATH_PIXEL_SIZE_UM, SHIFTS, aidpath, restain, score
+from bench_domains import SHIFTS, image_sets, score
 from scipy import ndimage
 
 from glomseg import (
@@ -191,12 +191,7 @@ def across_labs(
     """
     assert model.card is not None
     reinhard = normalizer_from_dict(model.card.stain_reference["reinhard"])
-    px = hubmap.PIXEL_SIZE_UM
-    sets = {"HuBMAP validation": (images, truths, px)}
-    for shift in SHIFTS:
-        sets[shift] = ([restain(image, shift) for image in images], truths, px)
-    _, a_images, a_truths = aidpath()
-    sets["AIDPATH"] = (a_images, a_truths, AIDPATH_PIXEL_SIZE_UM)
+    sets = image_sets(images, truths)
     own = model.stain_normalizer
     result: dict[str, dict[str, dict[str, float]]] = {}
     for label, normaliser in (("raw", None), ("reinhard", reinhard)):

@@ -45,12 +45,12 @@ def tissue_pixels(
     """
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     high = np.maximum(np.maximum(r, g), b)
-    spread = (high - np.minimum(np.minimum(r, g), b)).astype(np.uint16)
+    low = np.minimum(np.minimum(r, g), b)
+    spread = (high - low).astype(np.uint16)
     spread *= np.uint16(255)  # <= 65025: exact in uint16
     scaled = high.astype(np.uint16)
     scaled *= np.uint16(saturation_threshold)
     tissue: NDArray[np.bool_] = spread > scaled
     if dark_threshold is not None:
-        low = np.minimum(np.minimum(r, g), b)
         tissue |= (low <= dark_threshold) & (high >= PADDING_LEVEL)
     return tissue

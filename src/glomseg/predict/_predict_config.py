@@ -33,6 +33,14 @@ def _unit_interval(name: str, value: object) -> float:
     return number
 
 
+def _byte(name: str, value: object) -> int:
+    """``value`` as an integer in ``[0, 255]``, else raise naming it."""
+    level = _positive_int(name, value, minimum=0)
+    if level > 255:
+        raise ValueError(f"{name} must be in [0, 255], got {level}")
+    return level
+
+
 def _as_downsample(name: str, value: object) -> int | float:
     """A downsample factor: a whole one as ``int`` (the exact block path), else a float > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
@@ -181,15 +189,10 @@ class PredictConfig:
         if self.min_confidence is not None:
             confidence = _unit_interval("min_confidence", self.min_confidence)
             object.__setattr__(self, "min_confidence", confidence)
-        sat = _positive_int("saturation_threshold", self.saturation_threshold, minimum=0)
-        if sat > 255:
-            raise ValueError(f"saturation_threshold must be in [0, 255], got {sat}")
+        sat = _byte("saturation_threshold", self.saturation_threshold)
         object.__setattr__(self, "saturation_threshold", sat)
         if self.dark_threshold is not None:
-            grey = _positive_int("dark_threshold", self.dark_threshold, minimum=0)
-            if grey > 255:
-                raise ValueError(f"dark_threshold must be in [0, 255], got {grey}")
-            object.__setattr__(self, "dark_threshold", grey)
+            object.__setattr__(self, "dark_threshold", _byte("dark_threshold", self.dark_threshold))
         object.__setattr__(self, "prefetch", _positive_int("prefetch", self.prefetch))
         chunk = _positive_int("chunk_size", self.chunk_size, minimum=16)
         if chunk % 16:
