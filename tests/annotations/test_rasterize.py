@@ -147,6 +147,15 @@ windows = st.builds(
     windows,
 )
 def test_agrees_with_skimage_pixel_for_pixel(polygons: list[Polygon], window: Window) -> None:
+    # A centre a hair off an edge (say 1e-323 from it) is inside or outside by rounding
+    # alone, where the two rasterizers may round differently: such cases say nothing.
+    rows, cols = np.mgrid[
+        window.row : window.row + window.height, window.col : window.col + window.width
+    ]
+    centres = shapely.points(cols.ravel(), rows.ravel())
+    for polygon in polygons:
+        distance = shapely.distance(polygon.boundary, centres)
+        assume(not ((distance > 0) & (distance < 1e-9)).any())
     mask = MaskRasterizer(polygons).rasterize(window)
     assert np.array_equal(mask, skimage_mask(polygons, window))
 
