@@ -22,6 +22,7 @@ __all__ = [
     "AnnotationWarning",
     "DatasetError",
     "GlomsegError",
+    "ModelFileError",
     "PretrainedWeightsError",
     "RLEError",
     "SlideReadError",
@@ -177,6 +178,15 @@ class RLEError(GlomsegError, ValueError):
     Traceback (most recent call last):
     ...
     glomseg.errors.RLEError: malformed RLE: run 9223372036854775807 3 ends at pixel ...
+    """
+
+
+class ModelFileError(GlomsegError, ValueError):
+    """A model file is not one glomseg can load as data, or does not fit its configuration.
+
+    Raised by :meth:`glomseg.GlomUNet.load`, naming the file and the first
+    mismatch; also when a format whose loading would run code from the file
+    (a ``.keras`` archive) is loaded without ``trust=True``.
     """
 
 

@@ -35,21 +35,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from glomseg.errors import PretrainedWeightsError, look_up_option
-from glomseg.io._files import atomic_path
-from glomseg.model._losses import LOSSES, LossName, custom_objects, dice_metric, loss_function
+from glomseg.errors import ModelFileError, PretrainedWeightsError, look_up_option
+from glomseg.model._config import (
+    DEFAULT_DECODER_FILTERS,
+    ModelConfig,
+    _parse_config,
+    _read_config,
+    _write_config,
+)
+from glomseg.model._losses import LossName, custom_objects, dice_metric, loss_function
 from glomseg.model._optim import cosine_schedule, ema_callback
+from glomseg.model._persist import (
+    checkpoint_callback,
+    load_optimizer_state,
+    load_weights,
+    read_config,
+    write_model_file,
+)
 from glomseg.model._pretrained import ModelCard, read_pretrained
 from glomseg.model._tf import import_tf as _import_tf
 from glomseg.model._weights import load_encoder_weights, no_downloads
@@ -61,172 +71,8 @@ logger = logging.getLogger(__name__)
 ScheduleName = Literal["constant", "cosine"]
 """Learning-rate schedules of :meth:`GlomUNet.fit`."""
 
-DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
-"""segmentation_models' U-Net decoder widths, deepest first."""
-
 _SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 _Preprocess = Callable[[NDArray[np.float32]], NDArray[np.float32]]
-_H5_LEGACY_WARNING = r".*HDF5 file.*legacy.*"
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _positive_number(name: str, value: object, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a :class:`GlomUNet`; saved next to its weights as JSON.
-
-    Parameters
-    ----------
-    backbone : str
-        A ``segmentation_models`` backbone name, e.g. ``"resnet34"``,
-        ``"resnet18"``, ``"efficientnetb0"``, ``"mobilenetv2"``.
-    input_size : int
-        Tile side in pixels, a positive multiple of 32.
-    encoder_weights : str or None
-        ``None`` (random), ``"imagenet"`` (from the local Keras cache only) or the
-        path of a local ``.h5`` weights file.
-    loss : {"dice", "bce_dice", "bce_lovasz"}
-        Soft Dice loss, binary cross-entropy plus soft Dice, or binary
-        cross-entropy plus the Lovasz hinge.
-    learning_rate : float
-        Adam's (peak) learning rate, > 0.
-    seed : int
-        Global random seed set before the model is built.
-    mixed_precision : bool
-        Use ``mixed_float16`` when a GPU is present (ignored, with a warning, on CPU).
-    bn_momentum : float or None
-        Momentum of every BatchNormalization layer's moving statistics, in
-        ``(0, 1)``. The default 0.9 (Keras uses 0.99) lets the inference-time
-        statistics catch up within tens of steps, which short CPU runs, small
-        batches and training from scratch need; None keeps the backbone's own.
-    decoder_filters : tuple of int
-        Widths of the five U-Net decoder blocks, deepest first; the default is
-        segmentation_models' ``(256, 128, 64, 32, 16)``. Halving them makes a
-        CPU training step about 1.6 times faster.
-    pixel_size_um : float or None
-        Micrometres per pixel of the images the network saw (after
-        ``downsample``), or None if unknown. Prediction resamples its input to it.
-    downsample : float or None
-        The factor from the training images' full resolution to the network's
-        input, or None if unknown; prediction uses it when the input's pixel size
-        is unknown.
-    stain : dict or None
-        A stain normaliser fitted on the training images, as its ``to_dict()``
-        (see :attr:`GlomUNet.stain_normalizer`), or None.
-    min_confidence : float or None
-        Prediction removes regions of the mask whose mean probability is below
-        this (see :class:`glomseg.PredictConfig`), in ``[0, 1)``; None: keep all.
-
-    Examples
-    --------
-    >>> config = ModelConfig(backbone="resnet18", input_size=128, pixel_size_um=1.96)
-    >>> ModelConfig.from_dict(config.to_dict()) == config
-    True
-    >>> ModelConfig(input_size=100)
-    Traceback (most recent call last):
-    ...
-    ValueError: input_size must be a positive multiple of 32, got 100
-    >>> ModelConfig(loss="bce_dcie")
-    Traceback (most recent call last):
-    ...
-    ValueError: loss must be one of 'bce_dice', 'bce_lovasz', 'dice', got 'bce_dcie'; did you ...
-    """
-
-    backbone: str = "resnet34"
-    input_size: int = 256
-    encoder_weights: str | None = None
-    loss: LossName = "bce_dice"
-    learning_rate: float = 1e-3
-    seed: int = 0
-    mixed_precision: bool = False
-    bn_momentum: float | None = 0.9
-    decoder_filters: tuple[int, ...] = DEFAULT_DECODER_FILTERS
-    pixel_size_um: float | None = None
-    downsample: float | None = None
-    stain: Mapping[str, Any] | None = field(default=None, compare=True)
-    min_confidence: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.backbone, str) or not self.backbone:
-            raise ValueError(f"backbone must be a non-empty string, got {self.backbone!r}")
-        size = self.input_size
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % 32:
-            raise ValueError(f"input_size must be a positive multiple of 32, got {size!r}")
-        if self.encoder_weights is not None and not isinstance(self.encoder_weights, str):
-            raise TypeError(
-                "encoder_weights must be None, 'imagenet' or a path string, "
-                f"got {self.encoder_weights!r}"
-            )
-        look_up_option("loss", self.loss, LOSSES)
-        rate = self.learning_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {rate!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.mixed_precision, bool):
-            raise TypeError(f"mixed_precision must be a bool, got {self.mixed_precision!r}")
-        filters = self.decoder_filters
-        if (
-            not isinstance(filters, tuple | list)
-            or len(filters) != 5
-            or not all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters)
-        ):
-            raise ValueError(f"decoder_filters must be 5 positive integers, got {filters!r}")
-        object.__setattr__(self, "decoder_filters", tuple(filters))
-        _positive_number("pixel_size_um", self.pixel_size_um, allow_none=True)
-        _positive_number("downsample", self.downsample, allow_none=True)
-        if self.stain is not None and not isinstance(self.stain, Mapping):
-            raise TypeError(
-                f"stain must be None or a dict (a normaliser's to_dict()), got {self.stain!r}"
-            )
-        confidence = self.min_confidence
-        if confidence is not None and (
-            isinstance(confidence, bool)
-            or not isinstance(confidence, int | float)
-            or not 0 <= confidence < 1
-        ):
-            raise ValueError(f"min_confidence must be None or in [0, 1), got {confidence!r}")
-        momentum = self.bn_momentum
-        if momentum is not None and (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, int | float)
-            or not 0 < momentum < 1
-        ):
-            raise ValueError(f"bn_momentum must be None or lie in (0, 1), got {momentum!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild a configuration from :meth:`to_dict`'s output (unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {unknown}")
-        return cls(**data)
-
-
-def _config_path(path: Path) -> Path:
-    """``model.h5`` -> ``model.h5.json``: where a model's configuration is saved."""
-    return path.with_name(path.name + ".json")
-
-
-def _write_config(config: ModelConfig, path: Path) -> None:
-    text = json.dumps(config.to_dict(), indent=2) + "\n"
-    with atomic_path(_config_path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- training
@@ -660,12 +506,7 @@ class GlomUNet:
             directory = Path(checkpoint_dir)
             directory.mkdir(parents=True, exist_ok=True)
             best = directory / "best.h5"
-            _write_config(self._config, best)
-            all_callbacks.append(
-                keras.callbacks.ModelCheckpoint(
-                    str(best), monitor=monitor, mode="max", save_best_only=True
-                )
-            )
+            all_callbacks.append(checkpoint_callback(keras, lambda: self.save(best), monitor))
             all_callbacks.append(keras.callbacks.CSVLogger(str(directory / "log.csv")))
         if patience is not None:
             all_callbacks.append(
@@ -678,17 +519,15 @@ class GlomUNet:
         if steps_per_epoch is not None:
             data = data.repeat()
         val_data = self._prepare(validation) if validation is not None else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_H5_LEGACY_WARNING, category=UserWarning)
-            history = self._model.fit(
-                data,
-                validation_data=val_data,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                validation_steps=validation_steps,
-                callbacks=all_callbacks,
-                verbose=verbose,
-            )
+        history = self._model.fit(
+            data,
+            validation_data=val_data,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            callbacks=all_callbacks,
+            verbose=verbose,
+        )
         return {key: [float(v) for v in values] for key, values in history.history.items()}
 
     def evaluate(self, dataset: Any) -> dict[str, float]:
@@ -738,13 +577,18 @@ class GlomUNet:
     # ---- persistence
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save the model (``.h5`` or ``.keras``) and its configuration (``<path>.json``).
+        """Save the weights, optimizer state and configuration: data only, no code.
+
+        ``path`` is one HDF5 file of arrays and strings (layout in
+        :mod:`glomseg.model._persist`) that also holds the configuration; a copy
+        of it is written to ``<path>.json`` for people to read. Both are written
+        beside their final names and renamed into place, so a full disk or a
+        killed process leaves the previous files, never half-written ones.
 
         Parameters
         ----------
         path : path
-            Ends in ``.h5`` (HDF5, with the optimizer state) or ``.keras``
-            (Keras v3 zip format).
+            Ends in ``.h5``.
 
         Returns
         -------
@@ -752,49 +596,86 @@ class GlomUNet:
             The model file.
         """
         target = Path(path)
-        suffix = target.suffix.lower()
-        if suffix not in (".h5", ".keras"):
-            raise ValueError(f"path must end in .h5 or .keras, got {target.name!r}")
+        if target.suffix.lower() != ".h5":
+            raise ValueError(
+                f"path must end in .h5, got {target.name!r} (GlomUNet.save writes weights "
+                "and configuration only; .keras archives are no longer written)"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_H5_LEGACY_WARNING, category=UserWarning)
-            self._model.save(str(target))
+        text = json.dumps(self._config.to_dict(), indent=2) + "\n"
+        write_model_file(target, self._model, text)
         _write_config(self._config, target)
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, compile: bool = True) -> GlomUNet:
+    def load(
+        cls, path: str | os.PathLike[str], *, compile: bool = True, trust: bool = False
+    ) -> GlomUNet:
         """Load a model saved by :meth:`save` (or a ``best.h5`` checkpoint of :meth:`fit`).
+
+        The network is rebuilt from the configuration by glomseg's own code and
+        the file's arrays are copied into it by layer name and shape: nothing in
+        the file is run or deserialised, so a model file from someone else is as
+        safe to load as an image. ``.h5`` files that earlier releases saved
+        through Keras load the same way (their configuration is the
+        ``<path>.json`` beside them).
 
         Parameters
         ----------
         path : path
-            The ``.h5`` or ``.keras`` file; its ``<path>.json`` configuration must
-            lie next to it.
+            The ``.h5`` file. Its configuration is the one stored in it, else
+            the ``<path>.json`` beside it.
         compile : bool
-            Restore the loss, metrics and optimizer state too (needed to go on
-            training); ``False`` loads faster for prediction only.
+            Compile with the configuration's loss, Dice metric and Adam, and
+            restore the saved optimizer state when it fits (to go on training);
+            ``False`` skips the optimizer state.
+        trust : bool
+            Needed to load a ``.keras`` archive (from earlier releases): Keras
+            rebuilds it from the Python classes its ``config.json`` names, which
+            can run code, so load only a file you trust that way, then
+            :meth:`save` it as ``.h5``.
 
         Returns
         -------
         GlomUNet
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file, or the configuration of a file without one, is missing.
+        ModelFileError
+            If the file is not HDF5, its layers or shapes do not fit its
+            configuration (the message names the first mismatch), or it is a
+            ``.keras`` archive and ``trust`` is False.
+        ValueError
+            If the configuration is not a valid :class:`ModelConfig`.
         """
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"model file not found: {source}")
-        config_file = _config_path(source)
-        if not config_file.is_file():
-            raise FileNotFoundError(
-                f"{config_file} not found: GlomUNet.load needs the configuration that "
-                "GlomUNet.save writes next to the model"
+        if source.suffix.lower() == ".keras" and not trust:
+            raise ModelFileError(
+                f"{source}: a .keras archive is rebuilt from the classes its config.json "
+                "names, which can run code; load it with trust=True only if you trust "
+                "its origin, then re-save it with GlomUNet.save(...h5)"
             )
-        try:
-            config = ModelConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{config_file}: not a GlomUNet configuration ({error})") from None
+        stored = None if source.suffix.lower() == ".keras" else read_config(source)
+        config = _read_config(source) if stored is None else _parse_config(source, stored)
+        if source.suffix.lower() == ".keras":
+            return cls._load_trusted(source, config, compile=compile)
+        self = cls.from_config(dataclasses.replace(config, encoder_weights=None))
+        load_weights(self._model, source)
+        if compile:
+            load_optimizer_state(self._model.optimizer, self._model.trainable_variables, source)
+        self._config = config
+        return self
+
+    @classmethod
+    def _load_trusted(cls, source: Path, config: ModelConfig, *, compile: bool) -> GlomUNet:
+        """A ``.keras`` archive through Keras itself (``trust=True`` only)."""
         _, keras, _ = _import_tf()
         model = keras.models.load_model(
-            str(source), custom_objects=custom_objects(), compile=compile
+            str(source), custom_objects=custom_objects(), compile=compile, safe_mode=True
         )
         self = cls.__new__(cls)
         self._config = config
