@@ -1,10 +1,19 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
-from glomseg.io._files import atomic_path, write_bytes_atomic
+from glomseg.io._files import (
+    atomic_path,
+    partial_path,
+    remove_stale_partials,
+    remove_stale_partials_in,
+    write_bytes_atomic,
+)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -33,3 +42,48 @@ def test_new_file_gets_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def _ended_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_temporaries_of_ended_processes_are_removed(tmp_path):
+    target = tmp_path / "out.csv"
+    host = socket.gethostname()
+    dead, alive = _ended_pid(), os.getppid()
+    stale_file = tmp_path / f".out.csv.{host}-{dead}.0123abcd.partial"
+    stale_dir = tmp_path / f".out.csv.{host}-{dead}.4567abcd.partial"
+    kept = [
+        tmp_path / f".out.csv.{host}-{alive}.89abcdef.partial",  # a live writer's
+        tmp_path / f".out.csv.other-host-{dead}.89abcdef.partial",  # another host's
+        tmp_path / f".other.csv.{host}-{dead}.89abcdef.partial",  # another target's
+        tmp_path / ".out.csv.notes.partial",  # not a name glomseg makes
+    ]
+    stale_file.write_bytes(b"half")
+    stale_dir.mkdir()
+    (stale_dir / "chunk").write_bytes(b"half")
+    for path in kept:
+        path.write_bytes(b"")
+    assert sorted(remove_stale_partials(target)) == sorted([stale_file, stale_dir])
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    # a write with clean=True does the same; without, it lists nothing
+    stale_file.write_bytes(b"half")
+    write_bytes_atomic(target, b"1")
+    assert stale_file.exists()
+    write_bytes_atomic(target, b"2", clean=True)
+    assert not stale_file.exists()
+    # remove_stale_partials_in: every target of a folder at once
+    assert remove_stale_partials_in(tmp_path) == [
+        tmp_path / f".other.csv.{host}-{dead}.89abcdef.partial"
+    ]
+
+
+def test_temporary_names_carry_host_and_process(tmp_path):
+    name = partial_path(tmp_path / "a.b").name
+    assert name.startswith(f".a.b.{socket.gethostname()}-{os.getpid()}.")
+    assert name.endswith(".partial")
+    assert partial_path(tmp_path / "a.b") != partial_path(tmp_path / "a.b")

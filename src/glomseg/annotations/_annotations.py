@@ -691,7 +691,7 @@ def write_annotations(
     )
     # Serialize before opening the file: a refusal leaves nothing behind.
     text = _dumps(document, indent, path, features)
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+    with atomic_path(path, clean=True) as tmp, tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
         handle.write("\n")
     logger.debug("wrote %d annotations to %s", len(features), path)

@@ -346,7 +346,10 @@ def write_submission(
     # Rows are checked as they are written, one at a time, so an iterator that reads
     # each slide's RLE only when asked keeps one in memory; on an error the temporary
     # file is removed and ``path`` is left as it was.
-    with atomic_path(path) as tmp, tmp.open("w", encoding="ascii", newline="\n") as handle:
+    with (
+        atomic_path(path, clean=True) as tmp,
+        tmp.open("w", encoding="ascii", newline="\n") as handle,
+    ):
         handle.write(_SUBMISSION_HEADER + "\n")
         for item in items:
             handle.write(_submission_line(item, seen) + "\n")

@@ -115,6 +115,6 @@ def write_overlay(
             drawn = fixed
         image[_outline(drawn)] = np.asarray(truth_color, dtype=np.float32)
     out = Path(path)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, clean=True) as tmp:
         Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)).save(tmp, format="PNG")
     return out

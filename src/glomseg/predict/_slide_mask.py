@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from glomseg.annotations._annotations import Annotation, write_annotations
 from glomseg.annotations._rasterize import DEFAULT_SPECK_AREA, mask_to_polygons
 from glomseg.annotations._rle import rle_encode, write_submission
 from glomseg.errors import look_up_option
-from glomseg.io._files import atomic_path
+from glomseg.io._files import atomic_path, partial_path, remove_stale_partials
 from glomseg.io._window import Window
 from glomseg.predict._predict_config import PredictionStats
 from glomseg.tiles._tiling import _positive_int
@@ -331,7 +330,7 @@ class SlideMask:
                     yield block
 
         with (
-            atomic_path(path) as tmp,
+            atomic_path(path, clean=True) as tmp,
             tifffile.TiffWriter(tmp, bigtiff=h * w > 2**32 - 2**25) as tw,
         ):
             tw.write(
@@ -436,10 +435,11 @@ class _atomic_dir:
                 "(remove it or choose another path)"
             )
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        self.tmp = partial_path(path)
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.path)  # of runs killed before they could clean up
         return self.tmp
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -449,7 +449,7 @@ class _atomic_dir:
         old = None
         try:
             if self.path.exists():
-                old = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.old")
+                old = partial_path(self.path)
                 os.replace(self.path, old)
             os.replace(self.tmp, self.path)
         except BaseException:

@@ -36,7 +36,7 @@ import numpy as np
 from glomseg.annotations._annotations import annotations_outside, read_annotations
 from glomseg.annotations._rasterize import MaskRasterizer
 from glomseg.errors import DatasetError, look_up_option
-from glomseg.io._files import write_bytes_atomic
+from glomseg.io._files import remove_stale_partials_in, write_bytes_atomic
 from glomseg.io._reader import SlideReader
 from glomseg.io._row_stream import default_workers
 from glomseg.tiles._filtering import TileFilter, tile_stats
@@ -366,7 +366,7 @@ def export_tiles(
 
     manifest = out / "manifest.csv"
     rows = [journal[key] for key in sorted(journal)]
-    write_bytes_atomic(manifest, _manifest_text(rows).encode("utf-8"))
+    write_bytes_atomic(manifest, _manifest_text(rows).encode("utf-8"), clean=True)
     per_slide = {}
     for source, tiles in plans:
         own = [journal[(source.slide_id, t.grid_row, t.grid_col)] for t in tiles]
@@ -470,8 +470,9 @@ def _prepare_folder(out: Path, job: _Job) -> None:
             f"{out} is not empty and holds no glomseg tile dataset (no dataset.json); "
             "use an empty or new folder"
         )
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+    for folder in (out / "images", out / "masks"):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials_in(folder)  # tiles of a run that was killed mid-write
     if not marker.exists():
         write_bytes_atomic(marker, (json.dumps(identity, indent=2) + "\n").encode("utf-8"))
 
