@@ -465,9 +465,11 @@ def test_a_failed_final_rename_keeps_the_old_mask(tmp_path, monkeypatch):
     out = tmp_path / "m.zarr"
     SlideMask.from_array(np.eye(4, dtype=bool), out)
     real_replace = predict_module.os.replace
+    failed = []
 
     def replace(src: Any, dst: Any) -> None:
-        if Path(dst) == out and str(src).endswith(".partial"):  # the new mask into place
+        if Path(dst) == out and not failed:  # the new mask into place (the old one goes back)
+            failed.append(src)
             raise OSError("disk gone")
         real_replace(src, dst)
 
@@ -475,6 +477,7 @@ def test_a_failed_final_rename_keeps_the_old_mask(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         SlideMask.from_array(np.ones((4, 4), dtype=bool), out)
     monkeypatch.undo()
+    assert failed
     np.testing.assert_array_equal(SlideMask(out).read(), np.eye(4, dtype=bool))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
 
