@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
+#: A line of TensorFlow's C++ log (``I0000 00:00:17963... cudart_stub.cc:31] ...``) or absl's.
+TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:. ]+\d+ \S+:\d+\]|absl::InitializeLog", re.MULTILINE)
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
@@ -71,8 +75,10 @@ def test_quickstart_runs_with_a_short_fine_tune(tmp_path):
         [sys.executable, str(EXAMPLES / "quickstart.py"), "--out", str(out), "--steps", "4"],
         capture_output=True,
         text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not TF_LOG_LINE.search(result.stdout + result.stderr), result.stderr[-3000:]
     assert "1. pretrained model 'glomeruli-pas'" in result.stdout
     assert result.stdout.count("mean Dice (the Kaggle score)") == 2
     assert (out / "submission.csv").read_text().startswith("id,predicted")

@@ -7,6 +7,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -519,3 +521,38 @@ def test_config_write_failure_keeps_the_old_config(
         _write_config(ModelConfig(backbone="resnet34"), model_path)
     assert _config_path(model_path).read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.h5.json"]
+
+
+def _without_tf_log_level() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
+@needs_tf
+def test_tensorflow_loads_quietly_unless_asked() -> None:
+    code = (
+        "from glomseg.model._tf import import_tf\n"
+        "tf, keras, sm = import_tf()\n"
+        "print(float(tf.reduce_sum(tf.constant([1.0, 2.0]))))\n"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_without_tf_log_level()
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "3.0\n"
+    assert quiet.stderr == ""
+
+
+def test_start_up_noise_is_dropped_and_the_rest_passes() -> None:
+    code = (
+        "import os, sys\n"
+        "from glomseg.model._tf import _without_start_up_noise\n"
+        "with _without_start_up_noise():\n"
+        "    os.write(2, b'W0000 00:00:1.2 1 cuda_platform.cc:52] failed call to cuInit: x\\n')\n"
+        "    os.write(2, b'a real problem\\n')\n"
+        "    print('from Python', file=sys.stderr)\n"
+        "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called\\n')\n"
+        "print('after', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "a real problem\nfrom Python\nafter\n"
