@@ -7,6 +7,7 @@ For each slide ``<id>`` it writes, under ``out_dir``::
 
     <id>.zarr        the full-resolution mask (a SlideMask)
     <id>.rle         its Kaggle run-length encoding, one line
+    <id>.ome.tif     with ``ome_tiff=True``: the mask as a pyramidal OME-TIFF for viewers
     <id>.done.json   what made it (model, config); written last, so it marks the slide done
 
 and at the end ``submission.csv`` for all slides, streamed from the ``.rle``
@@ -319,6 +320,10 @@ def _outputs(out_dir: Path, slide_id: str) -> tuple[Path, Path, Path]:
     )
 
 
+def _ome_path(out_dir: Path, slide_id: str) -> Path:
+    return out_dir / f"{slide_id}.ome.tif"
+
+
 def _run_key(
     model: ModelSource, config: PredictConfig, pixel_size_um: float | None, stain: bool
 ) -> dict[str, Any]:
@@ -340,18 +345,22 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _is_done(out_dir: Path, slide_id: str, key: dict[str, Any]) -> bool | None:
+def _is_done(
+    out_dir: Path, slide_id: str, key: dict[str, Any], *, ome_tiff: bool = False
+) -> bool | None:
     """True when done with ``key``; False when not done; None when done with another key."""
     mask, rle, done = _outputs(out_dir, slide_id)
     record = _read_record(done)
     if record is None or not (mask.is_dir() and rle.is_file()):
+        return False
+    if ome_tiff and not _ome_path(out_dir, slide_id).is_file():
         return False
     return True if record.get("key") == json.loads(json.dumps(key)) else None
 
 
 def _remove_partials(out_dir: Path, slide_id: str) -> None:
     """Remove what an earlier, killed attempt at this slide left half-written."""
-    for path in _outputs(out_dir, slide_id):
+    for path in (*_outputs(out_dir, slide_id), _ome_path(out_dir, slide_id)):
         for stale in out_dir.glob(f".{glob.escape(path.name)}.*.partial"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -368,6 +377,7 @@ def _predict_one(
     pixel_size_um: float | None,
     stain: bool,
     key: dict[str, Any],
+    ome_tiff: bool = False,
 ) -> SlideOutcome:
     """Predict one slide and write its outputs; errors come back in the outcome."""
     begin = time.perf_counter()
@@ -389,6 +399,8 @@ def _predict_one(
             progress=False,
         )
         write_bytes_atomic(rle_path, (mask.rle() + "\n").encode("ascii"))
+        if ome_tiff:
+            mask.to_ome_tiff(_ome_path(out_dir, slide_id))
         stats = mask.stats
         record = {
             "version": _RECORD_VERSION,
@@ -435,6 +447,7 @@ def predict_slides(
     submission: str | None = "submission.csv",
     overwrite: bool = False,
     progress: bool = True,
+    ome_tiff: bool = False,
 ) -> SlidesReport:
     """Predict many slides, one task per slide, locally or on a Dask cluster.
 
@@ -476,6 +489,11 @@ def predict_slides(
         by default that is an error, so that one folder never mixes two runs.
     progress : bool
         Show a progress bar of slides (and the dashboard link of the client).
+    ome_tiff : bool
+        Also write each mask as ``<id>.ome.tif``, a pyramidal OME-TIFF with the
+        slide's pixel size that QuPath and napari open
+        (:meth:`glomseg.SlideMask.to_ome_tiff`). A slide done before without
+        one is redone.
 
     Returns
     -------
@@ -534,14 +552,14 @@ def predict_slides(
     todo: dict[str, tuple[Any, ...]] = {}
     other = []
     for slide_id, path in paths.items():
-        state = _is_done(out, slide_id, key)
+        state = _is_done(out, slide_id, key, ome_tiff=ome_tiff)
         if state is None and not overwrite:
             other.append(slide_id)
         elif state:
             mask, rle, _ = _outputs(out, slide_id)
             outcomes[slide_id] = SlideOutcome(slide_id, "skipped", mask=mask, rle=rle)
         else:
-            todo[slide_id] = (slide_id, path, model, out, cfg, pixel_size_um, stain, key)
+            todo[slide_id] = (slide_id, path, model, out, cfg, pixel_size_um, stain, key, ome_tiff)
     if other:
         raise ValueError(
             f"{out} holds slides done with another model or settings ({', '.join(other[:5])}"
