@@ -5,7 +5,9 @@
     python3 dev.py test         # lint, type check, tests with doctests, docs build
 
 Each command creates (or updates) a virtual environment in ``.venv`` with glomseg
-installed in editable mode and every extra, so nothing needs installing by hand.
+installed in editable mode and every extra (on numpy 2), so nothing needs
+installing by hand. ``test`` also checks ``patchify_tiles`` against patchify in a
+second, core-only environment, ``.venv-patchify`` (patchify pins numpy<2).
 Extra arguments after ``test`` go to pytest (for example ``-m slow``).
 """
 
@@ -20,29 +22,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("GLOMSEG_VENV", ROOT / ".venv"))
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / "python"
-STAMP = VENV / ".glomseg-installed"
+PYTHON = VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
 
 
-def run(*args: str | Path) -> None:
+#: A second, core-only environment with numpy 1.x and the ``patchify`` extra (patchify pins
+#: numpy<2, which the main environment no longer has), for the patchify_tiles checks.
+PATCHIFY_VENV = Path(os.environ.get("GLOMSEG_PATCHIFY_VENV", ROOT / ".venv-patchify"))
+PATCHIFY_TESTS = ("-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=-ra --strict-markers")
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> None:
     print("+", " ".join(str(a) for a in args), flush=True)
-    result = subprocess.run([str(a) for a in args], cwd=ROOT, check=False)
+    result = subprocess.run([str(a) for a in args], cwd=ROOT, check=False, env=env)
     if result.returncode:
         sys.exit(result.returncode)
 
 
-def ensure_env() -> None:
-    """Create ``.venv`` and install glomseg[dev] unless pyproject.toml is unchanged since."""
+def _python(environment: Path) -> Path:
+    return environment / ("Scripts" if os.name == "nt" else "bin") / "python"
+
+
+def ensure_env(environment: Path = VENV, *requirements: str) -> Path:
+    """Create ``environment`` and install ``requirements`` unless pyproject.toml is unchanged."""
+    requirements = requirements or ("-e", ".[dev]")
+    python = _python(environment)
+    stamp = environment / ".glomseg-installed"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == digest and PYTHON.exists():
-        return
-    if not PYTHON.exists():
-        print(f"creating {VENV}", flush=True)
-        venv.create(VENV, with_pip=True)
-    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
-    STAMP.write_text(digest)
+    if stamp.exists() and stamp.read_text() == digest and python.exists():
+        return python
+    if not python.exists():
+        print(f"creating {environment}", flush=True)
+        venv.create(environment, with_pip=True)
+    run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(python, "-m", "pip", "install", "--quiet", *requirements)
+    stamp.write_text(digest)
+    return python
 
 
 def quickstart(args: list[str]) -> None:
@@ -60,6 +74,14 @@ def test(args: list[str]) -> None:
     run(PYTHON, "-m", "pytest", *args)
     html = ROOT / "docs" / "_build" / "html"
     run(PYTHON, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "docs", html)
+    # patchify_tiles against patchify itself, where patchify (and so numpy 1.x) is installed:
+    # here these tests may not skip.
+    patchify_python = ensure_env(
+        PATCHIFY_VENV, "-e", ".[patchify]", "pytest>=8", "hypothesis>=6.100", "numpy<2"
+    )
+    tests = ("tests/tiles/test_tiling.py", "-k", "patchify")
+    env = {**os.environ, "GLOMSEG_REQUIRE_PATCHIFY": "1"}
+    run(patchify_python, *PATCHIFY_TESTS, *tests, env=env)
 
 
 COMMANDS = {"quickstart": quickstart, "test": test}

@@ -20,12 +20,22 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import tifffile
 
 from glomseg.errors import SlideReadError, SlideReadWarning, WindowError, look_up_option
+from glomseg.io._openslide import INSTALL_HINT as OPENSLIDE_HINT
+from glomseg.io._openslide import (
+    open_openslide,
+    openslide_available,
+    openslide_format,
+    openslide_levels,
+    openslide_pixel_size,
+    openslide_tile_shape,
+    read_openslide,
+)
 from glomseg.io._resample import _grid_average as _grid_average
 from glomseg.io._resample import _resample_window
 from glomseg.io._tiff_color import ColorModel, plain_to_rgb8
@@ -42,6 +52,8 @@ __all__ = ["SlideReader"]
 logger = logging.getLogger(__name__)
 
 Boundary = Literal["pad", "error"]
+Backend = Literal["auto", "glomseg", "openslide"]
+"""Which reader opens a slide: see :class:`SlideReader`."""
 
 _PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 #: Pillow modes read as they are; other modes are converted by Pillow first.
@@ -107,10 +119,22 @@ class SlideReader:
       default) with a :class:`~glomseg.errors.SlideReadWarning` naming it, as
       openslide shows missing tiles as transparent.
 
+    Other whole-slide formats (NDPI, MRXS, SCN, BIF, VMS, DICOM WSI, ...) open
+    through OpenSlide when the ``openslide`` extra is installed (``pip install
+    'glomseg[openslide]'``), with the same API: a file that is not a TIFF goes
+    to OpenSlide when OpenSlide recognises it; a TIFF (SVS and NDPI included)
+    keeps glomseg's reader, which is faster and handles the HuBMAP layouts,
+    unless ``backend="openslide"`` asks for OpenSlide (see
+    :doc:`/tiff_support`).
+
     Parameters
     ----------
     path : str or os.PathLike
         The slide file.
+    backend : {"auto", "glomseg", "openslide"}
+        Which reader opens the file: ``"auto"`` (the default) glomseg's for
+        TIFFs and plain images and OpenSlide for other formats it recognises;
+        ``"glomseg"`` or ``"openslide"`` only that one.
     cache_bytes : int, optional
         Upper bound for the decoded-segment cache, default 512 MiB.
     max_workers : int, optional
@@ -149,14 +173,18 @@ class SlideReader:
         self,
         path: str | os.PathLike[str],
         *,
+        backend: Backend = "auto",
         cache_bytes: int = 512 * 2**20,
         max_workers: int | None = None,
     ) -> None:
+        look_up_option("backend", backend, get_args(Backend))
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self._path = Path(path)
+        self._backend = backend
+        self._slide: Any = None  # an OpenSlide handle, when OpenSlide reads the file
         self._cache_bytes = cache_bytes
         self._max_workers = max_workers or min(4, os.cpu_count() or 1)
         self._cache = SegmentCache(cache_bytes)
@@ -185,13 +213,25 @@ class SlideReader:
         if not stat.S_ISREG(mode):
             kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
             raise SlideReadError(f"{path}: not a regular file but {kind}; cannot read a slide")
+        if self._backend == "openslide":
+            self._open_openslide()
+            return
         if path.suffix.lower() in _PLAIN_IMAGE_SUFFIXES:
             self._open_plain_image()
             return
         try:
             tif = tifffile.TiffFile(path)
         except tifffile.TiffFileError as exc:
-            raise SlideReadError(f"{path}: not a readable TIFF file ({exc})") from exc
+            if self._backend == "auto" and openslide_format(path) is not None:
+                self._open_openslide()
+                return
+            hint = (
+                ""
+                if openslide_available()
+                else "; other whole-slide formats (NDPI, MRXS, SCN, DICOM, ...) open with "
+                f"the openslide extra: {OPENSLIDE_HINT}"
+            )
+            raise SlideReadError(f"{path}: not a readable TIFF file ({exc}){hint}") from exc
         except Exception as exc:  # tifffile raises struct.error, OSError, ... on cut headers
             raise SlideReadError(
                 f"{path}: cannot open as TIFF ({type(exc).__name__}: {exc})"
@@ -203,6 +243,12 @@ class SlideReader:
             check_segments(self._levels, tif, str(path))
         except SlideReadError:
             self._close_file()
+            # A vendor's TIFF dialect that our reader cannot lay out (never a plain TIFF,
+            # whose errors stay ours): OpenSlide's, where it knows the vendor.
+            vendor = openslide_format(path) if self._backend == "auto" else None
+            if vendor not in (None, "generic-tiff"):
+                self._open_openslide()
+                return
             raise
         except Exception as exc:  # tifffile raises many kinds on corrupt tags
             self._close_file()
@@ -217,6 +263,15 @@ class SlideReader:
             finally:
                 self._tif = None
                 self._levels = []
+
+    def _open_openslide(self) -> None:
+        handle = open_openslide(self._path)
+        plain = ColorModel("rgb", 3, np.dtype(np.uint8), 255, (0, 1, 2))
+        levels = openslide_levels(handle)
+        self._slide = handle
+        self._levels = [Level(h, w, ds, (), plain) for h, w, ds in levels]
+        vendor = handle.properties.get("openslide.vendor", "unknown vendor")
+        self._layout = f"read by OpenSlide ({vendor}), {len(levels)} level(s)"
 
     def _open_plain_image(self) -> None:
         from PIL import Image, UnidentifiedImageError
@@ -254,6 +309,8 @@ class SlideReader:
         base = self._require_open()[0]
         if base.planes:
             return base.dtype
+        if self._slide is not None:
+            return np.dtype(np.uint8)
         return self._load_plain().dtype
 
     @property
@@ -262,6 +319,8 @@ class SlideReader:
         base = self._require_open()[0]
         if base.planes:
             return base.channels
+        if self._slide is not None:
+            return 3
         image = self._load_plain()
         return 1 if image.ndim == 2 else int(image.shape[2])
 
@@ -287,6 +346,8 @@ class SlideReader:
         Strips span the whole width. A plain image counts as one segment.
         """
         base = self._require_open()[0]
+        if self._slide is not None:
+            return openslide_tile_shape(self._slide, base.height, base.width)
         if not base.planes:
             return (base.height, base.width)
         first = base.planes[0]
@@ -331,13 +392,17 @@ class SlideReader:
         if not self._pixel_size_read:
             if self._tif is not None and base.planes:
                 self._pixel_size = find_pixel_size(self._tif, base.planes[0].page, self._path)
+            elif self._slide is not None:
+                self._pixel_size = openslide_pixel_size(self._slide, self._path)
             self._pixel_size_read = True
         return self._pixel_size
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
-        return self._tif is None and self._image is None and not self._levels
+        return (
+            self._tif is None and self._slide is None and self._image is None and not self._levels
+        )
 
     def __repr__(self) -> str:
         h, w = self.shape if self._levels else (0, 0)
@@ -348,7 +413,10 @@ class SlideReader:
         """Close the file and drop the cache. Further reads raise :class:`SlideReadError`."""
         if self._tif is not None:
             self._tif.close()
+        if self._slide is not None:
+            self._slide.close()
         self._tif = None
+        self._slide = None
         self._image = None
         self._levels = []
         self._cache.clear()
@@ -362,13 +430,17 @@ class SlideReader:
     def __getstate__(self) -> dict[str, Any]:
         return {
             "path": self._path,
+            "backend": self._backend,
             "cache_bytes": self._cache_bytes,
             "max_workers": self._max_workers,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
-            state["path"], cache_bytes=state["cache_bytes"], max_workers=state["max_workers"]
+            state["path"],
+            backend=state.get("backend", "auto"),
+            cache_bytes=state["cache_bytes"],
+            max_workers=state["max_workers"],
         )
 
     # -- reading ----------------------------------------------------------
@@ -578,6 +650,11 @@ class SlideReader:
         """Decode ``window`` (inside level ``level_index``) into ``out`` as uint8 RGB."""
         levels = self._require_open()
         level = levels[level_index]
+        if self._slide is not None:
+            read_openslide(
+                self._slide, self._path, level_index, level.downsample, window, out, fill
+            )
+            return
         if not level.planes:
             image = self._load_plain()
             out[...] = plain_to_rgb8(image[window.to_slices()])

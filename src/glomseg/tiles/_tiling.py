@@ -413,20 +413,26 @@ def patchify_tiles(image: NDArray[Any], tiler: Tiler) -> NDArray[Any]:
     ------
     ValueError
         If ``tiler.edge`` is not ``"drop"`` or ``image`` is not 2-D or 3-D.
+    ImportError
+        If patchify is not installed: it is the optional ``patchify`` extra
+        (``pip install 'glomseg[patchify]'``), because patchify 0.2.3 pins
+        ``numpy<2``. Nothing else in glomseg needs it: :meth:`Tiler.tiles` and
+        ``image[tile.window.to_slices()]`` give the same tiles on any numpy.
 
     Examples
     --------
+    With the ``patchify`` extra installed:
+
     >>> import numpy as np
     >>> image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
-    >>> patches = patchify_tiles(image, Tiler(4, 2))
-    >>> patches.shape
+    >>> patches = patchify_tiles(image, Tiler(4, 2))  # doctest: +SKIP
+    >>> patches.shape  # doctest: +SKIP
     (1, 2, 4, 4, 3)
     >>> tile = Tiler(4, 2).tiles(image.shape)[1]
     >>> bool((patches[tile.grid_row, tile.grid_col] == image[tile.window.to_slices()]).all())
+    ... # doctest: +SKIP
     True
     """
-    import patchify
-
     if tiler.edge != "drop":
         raise ValueError(
             f"patchify_tiles supports edge='drop' only, got edge={tiler.edge!r}; "
@@ -434,6 +440,14 @@ def patchify_tiles(image: NDArray[Any], tiler: Tiler) -> NDArray[Any]:
         )
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2-D (H, W) or 3-D (H, W, C), got shape {image.shape}")
+    try:
+        import patchify
+    except ImportError:
+        raise ImportError(
+            "patchify_tiles needs patchify, which pins numpy<2: pip install "
+            "'glomseg[patchify]' (in an environment with numpy 1.x), or take the same tiles "
+            "on any numpy with Tiler.tiles(shape) and image[tile.window.to_slices()]"
+        ) from None
     size, step = tiler.full_tile_size, tiler.full_stride
     n_rows, n_cols = tiler.grid_shape(image.shape)
     patch_shape: tuple[int, ...] = (size, size, *image.shape[2:])
