@@ -2,12 +2,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
 
 import glomseg
 
+PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
+
 
 def test_import_does_not_load_tensorflow_or_dask():
-    heavy = "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras', 'dask', 'distributed'}"
+    heavy = (
+        "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras', 'dask', 'distributed', "
+        "'openslide', 'h5py'}"
+    )
     code = (
         f"import sys, glomseg; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     )
@@ -32,3 +41,16 @@ def test_errors_are_catchable_as_builtins():
         glomseg.errors.DatasetError,
     ):
         assert issubclass(error, glomseg.GlomsegError)
+
+
+def test_the_core_install_and_dev_allow_numpy_2():
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    core = {Requirement(r).name: Requirement(r) for r in project["dependencies"]}
+    assert core["numpy"].specifier.contains("2.3.0")
+    assert "patchify" not in core  # it pins numpy<2: an extra of its own
+    extras = project["optional-dependencies"]
+    assert [Requirement(r).name for r in extras["patchify"]] == ["patchify"]
+    dev = Requirement(extras["dev"][0])
+    assert dev.name == "glomseg"
+    assert "patchify" not in dev.extras
+    assert "openslide" in dev.extras
