@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from glomseg.io._files import atomic_path
 
-__all__ = ["pyramid_shapes", "write_ome_tiff"]
+__all__ = ["mask_tiles", "pyramid_shapes", "write_ome_tiff"]
 
 
 def pyramid_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
@@ -51,8 +51,10 @@ def _level_rows(mask: Any, factor: int, start: int, stop: int, step: int) -> NDA
     return out
 
 
-def _tiles(mask: Any, shape: tuple[int, int], factor: int, tile: int) -> Iterator[NDArray[Any]]:
-    """The tiles of one level, row by row of tiles."""
+def mask_tiles(
+    mask: Any, shape: tuple[int, int], factor: int, tile: int
+) -> Iterator[NDArray[np.uint8]]:
+    """The 0/255 tiles of ``mask`` reduced by ``factor`` (to ``shape``), row by row of tiles."""
     h, w = shape
     step = max(1, tile // factor)
     for r in range(0, h, tile):
@@ -98,7 +100,7 @@ def write_ome_tiff(
         tifffile.TiffWriter(tmp, bigtiff=h * w > 2**31, ome=True) as writer,
     ):
         writer.write(
-            _tiles(mask, shapes[0], 1, tile),
+            mask_tiles(mask, shapes[0], 1, tile),
             shape=shapes[0],
             subifds=len(shapes) - 1,
             metadata=metadata,
@@ -106,7 +108,7 @@ def write_ome_tiff(
         )
         for level, shape in enumerate(shapes[1:], start=1):
             writer.write(
-                _tiles(mask, shape, 2**level, tile),
+                mask_tiles(mask, shape, 2**level, tile),
                 shape=shape,
                 subfiletype=1,
                 metadata=None,

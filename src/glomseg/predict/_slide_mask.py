@@ -332,10 +332,7 @@ class SlideMask:
         """
         from glomseg.predict._ome import write_ome_tiff
 
-        look_up_option("compression", compression, tuple(_TIFF_CODECS))
-        tile = _positive_int("tile", tile, minimum=16)
-        if tile % 16:
-            raise ValueError(f"tile must be a multiple of 16, got {tile}")
+        tile = _tiff_tile(tile, compression)
         size = self.attributes.get("pixel_size_um") if pixel_size_um is None else pixel_size_um
         if size is not None and (
             isinstance(size, bool) or not isinstance(size, int | float) or not 0 < size < 1e6
@@ -381,29 +378,17 @@ class SlideMask:
         """
         import tifffile
 
-        look_up_option("compression", compression, tuple(_TIFF_CODECS))
-        tile = _positive_int("tile", tile, minimum=16)
-        if tile % 16:
-            raise ValueError(f"tile must be a multiple of 16, got {tile}")
+        from glomseg.predict._ome import mask_tiles
+
+        tile = _tiff_tile(tile, compression)
         path = Path(path)
         h, w = self.shape
-
-        def tiles() -> Iterator[NDArray[np.uint8]]:
-            for r in range(0, h, tile):
-                band = np.asarray(self._array[r : min(r + tile, h)])
-                for c in range(0, w, tile):
-                    block = np.zeros((tile, tile), dtype=np.uint8)
-                    part = band[:, c : c + tile]
-                    block[: part.shape[0], : part.shape[1]] = part
-                    block *= 255
-                    yield block
-
         with (
             atomic_path(path, clean=True) as tmp,
             tifffile.TiffWriter(tmp, bigtiff=h * w > 2**32 - 2**25) as tw,
         ):
             tw.write(
-                tiles(),
+                mask_tiles(self._array, (h, w), 1, tile),
                 shape=(h, w),
                 dtype=np.uint8,
                 tile=(tile, tile),
@@ -486,6 +471,15 @@ def _is_mask_store(path: Path) -> bool:
     except Exception:  # anything that is not a mask store
         return False
     return _ATTR in array.attrs
+
+
+def _tiff_tile(tile: int, compression: str) -> int:
+    """``tile`` checked as a TIFF tile size (a multiple of 16), after ``compression``."""
+    look_up_option("compression", compression, tuple(_TIFF_CODECS))
+    tile = _positive_int("tile", tile, minimum=16)
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16, got {tile}")
+    return tile
 
 
 class _atomic_dir:
