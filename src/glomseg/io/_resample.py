@@ -94,8 +94,8 @@ def _area_average(
             # Average along columns, then add this band's share of each output row.
             flat = block.transpose(1, 0, 2).reshape(inside.width, -1).astype(np.float32)
             narrowed = np.asarray(cols @ flat).reshape(target[1], stop - start, 3)
-            narrowed = narrowed.transpose(1, 0, 2).reshape(stop - start, -1)
-            out += np.asarray(rows[:, start - inside.row : stop - inside.row] @ narrowed)
+            by_row = narrowed.transpose(1, 0, 2).reshape(stop - start, -1)
+            out += np.asarray(rows[:, start - inside.row : stop - inside.row] @ by_row)
     result = out.reshape(target[0], target[1], 3)
     outside = 1.0 - np.outer(row_share, col_share)
     if outside.any():

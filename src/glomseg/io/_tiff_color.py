@@ -125,9 +125,11 @@ class ColorModel:
         a = alpha.astype(np.uint16)
         if self.premultiplied:  # the colour is already multiplied by alpha
             over = np.minimum(values.astype(np.uint16) + (255 - a), 255)
-            return over.astype(np.uint8)
-        blended = (values.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-        return blended.astype(np.uint8)
+            result: NDArray[np.uint8] = over.astype(np.uint8)
+        else:
+            blended = (values.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+            result = blended.astype(np.uint8)
+        return result
 
 
 def _round8(values: NDArray[np.floating[Any]]) -> NDArray[np.uint8]:
@@ -142,7 +144,8 @@ def _to_unit(raw: NDArray[Any], top: int) -> NDArray[np.float64]:
         return unit
     if raw.dtype == np.bool_:
         return raw.astype(np.float64)
-    return np.clip(raw, 0, top).astype(np.float64) / top
+    scaled: NDArray[np.float64] = np.clip(raw, 0, top).astype(np.float64) / top
+    return scaled
 
 
 def _scale_to_uint8(raw: NDArray[Any], top: int, *, invert: bool) -> NDArray[np.uint8]:

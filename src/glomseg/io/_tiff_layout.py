@@ -161,7 +161,8 @@ class Level:
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        return self.planes[0].dtype
+        dtype: np.dtype[Any] = self.planes[0].dtype
+        return dtype
 
 
 def find_levels(tif: tifffile.TiffFile, name: str) -> tuple[list[Level], str]:

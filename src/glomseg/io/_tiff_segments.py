@@ -87,9 +87,9 @@ def decode_segments(
         if data is None or len(data) == 0:  # pragma: no cover - missing ones are not read
             raise SlideReadError(f"{path}: {where}: no data")
         try:
-            decoded, _, _ = plane.decode(data, index, **plane.decode_args)
-            decoded = np.asarray(decoded)
-            decoded = decoded.reshape(decoded.shape[-3:])
+            raw, _, _ = plane.decode(data, index, **plane.decode_args)
+            raw = np.asarray(raw)
+            decoded: NDArray[Any] = raw.reshape(raw.shape[-3:])
         except NotImplementedError as exc:
             raise SlideReadError(
                 f"{path}: cannot decode {where}: unsupported by the decoder ({exc})"
