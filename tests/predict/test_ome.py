@@ -152,9 +152,18 @@ def test_predict_slide_and_predict_slides_write_it_with_the_slide_pixel_size(
     np.testing.assert_array_equal(tifffile.imread(path) > 0, mask.to_numpy())
 
     report = predict_slides(
-        [slide.path], _purple_factory, tmp_path / "out", config=config, progress=False
+        [slide.path],
+        _purple_factory,
+        tmp_path / "out",
+        config=config,
+        progress=False,
+        pixel_size_um=0.25,
     )
     assert not (tmp_path / "out" / "s.ome.tif").exists()
+    with pytest.raises(ValueError, match="another model or settings"):  # never mixes two runs
+        predict_slides(
+            [slide.path], _purple_factory, tmp_path / "out", config=config, ome_tiff=True
+        )
     report = predict_slides(
         [slide.path],
         _purple_factory,
@@ -163,7 +172,6 @@ def test_predict_slide_and_predict_slides_write_it_with_the_slide_pixel_size(
         progress=False,
         ome_tiff=True,
         pixel_size_um=0.25,
-        overwrite=True,
     )
     assert list(report.done) == ["s"]  # redone: the earlier run left no OME-TIFF
     written = tmp_path / "out" / "s.ome.tif"

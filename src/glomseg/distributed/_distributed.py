@@ -353,9 +353,9 @@ def _is_done(
     record = _read_record(done)
     if record is None or not (mask.is_dir() and rle.is_file()):
         return False
-    if ome_tiff and not _ome_path(out_dir, slide_id).is_file():
-        return False
-    return True if record.get("key") == json.loads(json.dumps(key)) else None
+    if record.get("key") != json.loads(json.dumps(key)):
+        return None
+    return not ome_tiff or _ome_path(out_dir, slide_id).is_file()
 
 
 def _remove_partials(out_dir: Path, slide_id: str) -> None:
