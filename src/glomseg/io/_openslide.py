@@ -14,7 +14,6 @@ never needs more than one band of RGBA beside the output.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from glomseg.errors import SlideReadError
+from glomseg.io._tiff_metadata import _finite_float, mean_pixel_size
 from glomseg.io._window import Window
 
 __all__ = [
@@ -93,26 +93,15 @@ def openslide_levels(handle: Any) -> list[tuple[int, int, float]]:
 
 def openslide_pixel_size(handle: Any, path: Path) -> float | None:
     """Micrometres per pixel from the vendor properties (``openslide.mpp-x``/``-y``), or None."""
-    values = []
-    for key in ("openslide.mpp-x", "openslide.mpp-y"):
-        try:
-            value = float(handle.properties.get(key, "nan"))
-        except ValueError:
-            continue
-        if math.isfinite(value) and value > 0:
-            values.append(value)
-    if not values:
+    x = _finite_float(handle.properties.get("openslide.mpp-x"))
+    y = _finite_float(handle.properties.get("openslide.mpp-y"))
+    if x is None:  # one axis known: square pixels
+        x = y
+    if y is None:
+        y = x
+    if x is None or y is None:
         return None
-    if len(values) == 2 and abs(values[0] - values[1]) > 0.01 * max(values):
-        import warnings
-
-        warnings.warn(
-            f"{path}: pixel sizes differ between the axes ({values[0]} and {values[1]} um); "
-            "using their mean",
-            UserWarning,
-            stacklevel=3,
-        )
-    return float(np.mean(values))
+    return mean_pixel_size(path, "OpenSlide mpp", x, y)
 
 
 def openslide_tile_shape(handle: Any, height: int, width: int) -> tuple[int, int]:

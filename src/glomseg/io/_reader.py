@@ -55,6 +55,8 @@ Boundary = Literal["pad", "error"]
 Backend = Literal["auto", "glomseg", "openslide"]
 """Which reader opens a slide: see :class:`SlideReader`."""
 
+#: Pixels that are already uint8 RGB: plain images and what OpenSlide returns.
+_RGB8 = ColorModel("rgb", 3, np.dtype(np.uint8), 255, (0, 1, 2))
 _PLAIN_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 #: Pillow modes read as they are; other modes are converted by Pillow first.
 _PLAIN_MODES = {"L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -266,10 +268,9 @@ class SlideReader:
 
     def _open_openslide(self) -> None:
         handle = open_openslide(self._path)
-        plain = ColorModel("rgb", 3, np.dtype(np.uint8), 255, (0, 1, 2))
         levels = openslide_levels(handle)
         self._slide = handle
-        self._levels = [Level(h, w, ds, (), plain) for h, w, ds in levels]
+        self._levels = [Level(h, w, ds, (), _RGB8) for h, w, ds in levels]
         vendor = handle.properties.get("openslide.vendor", "unknown vendor")
         self._layout = f"read by OpenSlide ({vendor}), {len(levels)} level(s)"
 
@@ -282,8 +283,7 @@ class SlideReader:
                 mode = image.mode
         except (UnidentifiedImageError, OSError) as exc:
             raise SlideReadError(f"{self._path}: not a readable image file ({exc})") from exc
-        plain = ColorModel("rgb", 3, np.dtype(np.uint8), 255, (0, 1, 2))
-        self._levels = [Level(height, width, 1.0, (), plain)]
+        self._levels = [Level(height, width, 1.0, (), _RGB8)]
         self._layout = f"plain image ({mode}), decoded whole on first read"
 
     # -- properties -------------------------------------------------------

@@ -114,13 +114,22 @@ def find_pixel_size(tif: tifffile.TiffFile, page: Any, path: Path) -> float | No
             max(x, y),
         )
         return None
+    size = mean_pixel_size(path, source, x, y)
+    logger.debug("%s: pixel size %g um from %s", path, size, source)
+    return size
+
+
+def mean_pixel_size(path: Path, source: str, x: float, y: float) -> float:
+    """The mean of the two axes' pixel sizes, warning when they differ by more than 1 %.
+
+    The ``UserWarning``'s ``stacklevel`` is for :attr:`SlideReader.pixel_size_um`'s
+    caller, two calls up from the reader's own lookup.
+    """
     if abs(x - y) > 0.01 * max(x, y):
         warnings.warn(
             f"{path}: pixel width {x:g} um and height {y:g} um differ by more than "
             f"1 % ({source}); using their mean {(x + y) / 2:g} um",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    size = (x + y) / 2
-    logger.debug("%s: pixel size %g um from %s", path, size, source)
-    return size
+    return (x + y) / 2
