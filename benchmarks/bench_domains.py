@@ -15,7 +15,11 @@ pixels:
    slide's two stain vectors and a residual, and remixed with a target's vectors
    and amounts. None of these targets is in the training augmentation's
    :data:`glomseg.model.STAIN_BANK`.
-3. **AIDPATH**: 24 PAS tiles of another lab (1024 x 1024, about 0.59 um/px;
+3. **Scale shifts**: the same 44 tiles with their pixel size stated :data:`SCALES`
+   times its value, so that the model sees glomeruli that much smaller or larger
+   than the training slide's: a stand-in for a kidney with small glomeruli, a
+   section that cuts them off-centre, or a pixel size read wrong.
+4. **AIDPATH**: 24 PAS tiles of another lab (1024 x 1024, about 0.59 um/px;
    Bueno et al., Mendeley Data k7nvtgn2x6 v3, CC BY 4.0), validation only: nothing
    is trained, tuned or chosen on them.
 
@@ -60,6 +64,10 @@ SHIFTS: dict[str, tuple[tuple[float, ...], tuple[float, ...], tuple[float, float
     "greyscale": ((), (), (1.0, 1.0)),
 }
 
+#: Scale shifts: the factor the validation tiles' pixel size is stated at (0.6: the model
+#: sees glomeruli at 0.6 times the size it learned).
+SCALES = (0.6, 1.5)
+
 
 def restain(image: np.ndarray, shift: str) -> np.ndarray:
     """``image`` (uint8 RGB) re-stained to the target ``SHIFTS[shift]``."""
@@ -101,6 +109,8 @@ def image_sets(
     sets = {"HuBMAP validation": (images, truths, px)}
     for shift in SHIFTS:
         sets[shift] = ([restain(image, shift) for image in images], truths, px)
+    for factor in SCALES:
+        sets[f"glomeruli {factor:g}x"] = (images, truths, px * factor)
     _, a_images, a_truths = aidpath()
     sets["AIDPATH"] = (a_images[:limit], a_truths[:limit], AIDPATH_PIXEL_SIZE_UM)
     return sets

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "AnnotationError",
     "AnnotationWarning",
+    "BackendError",
     "DatasetError",
     "GlomsegError",
     "ModelFileError",
@@ -166,6 +167,15 @@ class SlideTaskError(GlomsegError, RuntimeError):
 
 def _slide_task_error(failures: dict[str, str], total: int) -> SlideTaskError:
     return SlideTaskError(failures, total=total)
+
+
+class BackendError(GlomsegError, RuntimeError):
+    """A prediction backend or precision this machine cannot run.
+
+    Raised for ``backend="openvino"`` without OpenVINO installed (the message
+    names the extra, ``pip install 'glomseg[openvino]'``), and for OpenVINO in
+    bfloat16 on a CPU without native bfloat16 (see :class:`glomseg.PredictConfig`).
+    """
 
 
 class RLEError(GlomsegError, ValueError):

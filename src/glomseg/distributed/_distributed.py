@@ -328,7 +328,11 @@ def _run_key(
     model: ModelSource, config: PredictConfig, pixel_size_um: float | None, stain: bool
 ) -> dict[str, Any]:
     settings = asdict(config)
-    settings.pop("workers")  # how fast, not what: the masks do not depend on it
+    # How fast, not what: the masks do not depend on the threads, and every backend and
+    # precision gives float32's masks to the tolerance the docs state (so slides done
+    # before these settings existed, or on another machine's "auto", still count).
+    for name in ("workers", "backend", "precision"):
+        settings.pop(name)
     return {
         "model": _describe_model(model),
         "config": settings,

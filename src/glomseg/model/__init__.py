@@ -18,6 +18,16 @@ from glomseg.model._augment import (
     Augmentation,
     StainMatrix,
 )
+from glomseg.model._backends import (
+    BACKENDS,
+    PRECISIONS,
+    BackendName,
+    CompiledPredictor,
+    PrecisionName,
+    cpu_bfloat16,
+    openvino_available,
+    resolve_backend,
+)
 from glomseg.model._datasets import (
     SplitName,
     TileRecord,
@@ -64,6 +74,9 @@ from glomseg.model._stain import (
 
 __all__ = [
     "Augmentation",
+    "BACKENDS",
+    "BackendName",
+    "CompiledPredictor",
     "CropSampler",
     "GlomUNet",
     "LOSS_SMOOTH",
@@ -72,6 +85,8 @@ __all__ = [
     "MacenkoNormalizer",
     "ModelCard",
     "ModelConfig",
+    "PRECISIONS",
+    "PrecisionName",
     "PretrainedFiles",
     "ReinhardNormalizer",
     "STAIN_BANK",
@@ -85,6 +100,7 @@ __all__ = [
     "available_models",
     "bce_dice_loss",
     "bce_lovasz_loss",
+    "cpu_bfloat16",
     "dice_loss",
     "dice_metric",
     "fit_stain_normalizer",
@@ -94,7 +110,9 @@ __all__ = [
     "make_crop_dataset",
     "make_datasets",
     "normalizer_from_dict",
+    "openvino_available",
     "read_pretrained",
     "read_records",
+    "resolve_backend",
     "split_tiles",
 ]

@@ -44,6 +44,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from glomseg.errors import ModelFileError, PretrainedWeightsError, look_up_option
+from glomseg.model._backends import (
+    CompiledPredictor,
+    compile_model,
+    resolve_backend,
+    weights_fingerprint,
+)
 from glomseg.model._config import (
     DEFAULT_DECODER_FILTERS,
     ModelConfig,
@@ -181,6 +187,8 @@ class GlomUNet:
             min_confidence=min_confidence,
         )
         self._config = config
+        _, keras, _ = _import_tf()
+        keras.utils.set_random_seed(config.seed)
         self._model = self._build(config)
         self._preprocess = self._preprocessing(config.backbone)
         self._card: ModelCard | None = None
@@ -240,10 +248,10 @@ class GlomUNet:
 
     @staticmethod
     def _build(config: ModelConfig) -> Any:
+        """The compiled network of ``config``, built under the global dtype policy."""
         tf, keras, sm = _import_tf()
         if config.backbone not in sm.Backbones.models_names():
             look_up_option("backbone", config.backbone, sm.Backbones.models_names())
-        keras.utils.set_random_seed(config.seed)
         use_mixed = False
         if config.mixed_precision:
             if tf.config.list_physical_devices("GPU"):
@@ -565,14 +573,59 @@ class GlomUNet:
                 f"images must be {size} x {size} (the model's input_size), "
                 f"got {batch.shape[1]} x {batch.shape[2]}"
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not len(batch):
             return np.zeros((0, size, size), dtype=np.float32)
-        probs = self._model.predict(batch, batch_size=batch_size, verbose=0)
-        return np.asarray(probs, dtype=np.float32)[..., 0]
+        run = self.compiled("tensorflow", "float32")._run
+        parts = [run(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
+        return np.asarray(np.concatenate(parts), dtype=np.float32)[..., 0]
 
     def __call__(self, images: ArrayLike) -> NDArray[np.float32]:
         """Same as :meth:`predict`, so a model can serve as a stitching predictor."""
         return self.predict(images)
+
+    def compiled(self, backend: str = "auto", precision: str = "auto") -> CompiledPredictor:
+        """The model compiled for a CPU backend and precision, cached on the model.
+
+        :func:`glomseg.predict_image`, :func:`glomseg.predict_slide` and
+        :func:`glomseg.predict_slides` call it with
+        :attr:`glomseg.PredictConfig.backend` and
+        :attr:`~glomseg.PredictConfig.precision`; see
+        :mod:`glomseg.model._backends` for what each one does and what
+        ``"auto"`` picks on this machine.
+
+        Parameters
+        ----------
+        backend : {"auto", "tensorflow", "openvino"}
+        precision : {"auto", "float32", "bfloat16"}
+
+        Returns
+        -------
+        CompiledPredictor
+            Called like the model: uint8 tiles to probabilities. Compiled once
+            per backend and precision; OpenVINO and bfloat16 predictors, which
+            hold a copy of the weights, are compiled again when the weights
+            have changed since (after :meth:`fit`, say).
+
+        Raises
+        ------
+        glomseg.errors.BackendError
+            If the backend is not installed (the message names the extra) or
+            cannot run that precision on this CPU.
+        """
+        backend, precision = resolve_backend(backend, precision)
+        cache: dict[tuple[str, str], tuple[Any, CompiledPredictor]] = self.__dict__.setdefault(
+            "_compiled", {}
+        )
+        copies = (backend, precision) != ("tensorflow", "float32")
+        stamp = weights_fingerprint(self._model.get_weights()) if copies else None
+        hit = cache.get((backend, precision))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        predictor = compile_model(self, backend, precision)
+        cache[(backend, precision)] = (stamp, predictor)
+        return predictor
 
     # ---- persistence
 

@@ -117,10 +117,12 @@ class ObjectFilter:
         # the marks of those already kept, to the rows still to come.
         release = n if final else n - 1
         if count:
-            ids = labels.ravel()
+            inside = self._mask.ravel()  # only region pixels: a mask is mostly background
+            ids = labels.ravel()[inside]
+            probs = np.clip(self._probs.ravel()[inside], 0, 1)
             pixels = np.bincount(ids, minlength=count + 1)
-            sums = np.bincount(ids, weights=np.clip(self._probs, 0, 1).ravel(), minlength=count + 1)
-            kept = np.bincount(ids, weights=self._keep.ravel(), minlength=count + 1) > 0
+            sums = np.bincount(ids, weights=probs, minlength=count + 1)
+            kept = np.bincount(ids, weights=self._keep.ravel()[inside], minlength=count + 1) > 0
             boxes = ndimage.find_objects(labels)
             tops = np.array([box[0].start for box in boxes])
             heights = np.array([box[0].stop - box[0].start for box in boxes])

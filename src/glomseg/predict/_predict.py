@@ -59,6 +59,7 @@ from glomseg.predict._predict_config import PredictConfig, PredictionStats
 from glomseg.predict._predict_threads import _END, _POLL_S, _Failure, _MaskWriter, _TileReader
 from glomseg.predict._scale import (
     _min_confidence,
+    _on_backend,
     _stain_normalizer,
     _tile_model,
     resolve_scale,
@@ -216,12 +217,15 @@ def _predict(
     stats = PredictionStats(tiles=math.prod(stitcher.grid_shape))
     temporary = out is None
     target = Path(tempfile.mkdtemp(prefix="glomseg-")) / "mask.zarr" if out is None else Path(out)
-    model = _tile_model(predictor, normalizer, cfg.tta)
+    on_backend = _on_backend(predictor, cfg)
+    model = _tile_model(on_backend, normalizer, cfg.tta)
     attributes = {
         "source": str(reader.path),
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "downsample": ds,
         "pixel_size_um": pixel_size_um,
+        "backend": getattr(on_backend, "backend", None),
+        "precision": getattr(on_backend, "precision", None),
     }
     logger.info(
         "predicting %s: %d tiles of %d px at downsample %g, band of %.0f MB",

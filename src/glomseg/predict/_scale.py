@@ -191,6 +191,21 @@ def _stain_normalizer(model: object, stain: bool, override: object | None) -> An
     return normalizer
 
 
+def _on_backend(model: Predictor, config: PredictConfig) -> Predictor:
+    """``model`` compiled for the config's backend and precision, if it can be (a GlomUNet)."""
+    compiled = getattr(model, "compiled", None)
+    if callable(compiled):
+        on_backend: Predictor = compiled(config.backend, config.precision)
+        return on_backend
+    if (config.backend, config.precision) != ("auto", "auto"):
+        raise ValueError(
+            f"backend={config.backend!r} and precision={config.precision!r} apply to a "
+            f"GlomUNet, and the model is a {type(model).__name__}: leave both 'auto' for "
+            "a predictor of your own"
+        )
+    return model
+
+
 def _tile_model(predictor: Predictor, normalizer: Any, tta: bool) -> Predictor:
     """The callable a batch of tiles goes to: stain normalisation of each tile, then (TTA) model."""
     model: Predictor = flip_tta(predictor) if tta else predictor
@@ -364,7 +379,7 @@ def predict_image(
     options["min_confidence"] = _min_confidence(model, cfg)
     cfg = replace(cfg, tile_size=tile_size, downsample=downsample, **options)
     normalizer = _stain_normalizer(model, stain, None)
-    predictor = _tissue_filter(_tile_model(model, normalizer, cfg.tta), cfg)
+    predictor = _tissue_filter(_tile_model(_on_backend(model, cfg), normalizer, cfg.tta), cfg)
     h, w = array.shape[:2]
     low = _to_prediction_grid(array, downsample)
     probs = sliding_window_predict(

@@ -1,0 +1,294 @@
+"""How a :class:`~glomseg.GlomUNet` runs on the CPU: TensorFlow or OpenVINO, float32 or bfloat16.
+
+:meth:`GlomUNet.compiled <glomseg.GlomUNet.compiled>` returns a
+:class:`CompiledPredictor`, a callable ``(n, t, t, 3) uint8 -> (n, t, t)``
+probabilities that :func:`glomseg.predict_image`, :func:`glomseg.predict_slide`
+and :func:`glomseg.predict_slides` pick by :attr:`glomseg.PredictConfig.backend`
+and :attr:`~glomseg.PredictConfig.precision`:
+
+``backend``
+    ``"tensorflow"`` runs the Keras network through one traced ``tf.function``
+    (not ``Model.predict``, which builds a dataset on every call);
+    ``"openvino"`` converts it once with OpenVINO (the ``openvino`` extra,
+    ``pip install 'glomseg[openvino]'``) and runs it with OpenVINO's CPU plugin;
+    ``"auto"`` (the default) is OpenVINO where it is installed, else TensorFlow.
+``precision``
+    ``"float32"``, or ``"bfloat16"`` (weights and activations rounded to
+    bfloat16, sums in float32): TensorFlow's ``mixed_bfloat16`` policy, or
+    OpenVINO's ``bf16`` inference precision. ``"auto"`` (the default) is
+    bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX, see
+    :func:`cpu_bfloat16`), else float32. OpenVINO cannot run bfloat16 on a CPU
+    without it (:class:`~glomseg.errors.BackendError`); TensorFlow emulates it there, slowly,
+    which is only good for checking masks.
+
+A compiled predictor is cached on its model, one per backend and precision, so
+a worker converts its model once. OpenVINO and bfloat16 predictors hold a copy
+of the weights: the cache checks a fingerprint of the Keras weights on every
+:meth:`GlomUNet.compiled <glomseg.GlomUNet.compiled>` call and recompiles when
+training has changed them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+from glomseg.errors import BackendError, look_up_option
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "BackendName",
+    "CompiledPredictor",
+    "PrecisionName",
+    "cpu_bfloat16",
+    "openvino_available",
+    "resolve_backend",
+]
+
+logger = logging.getLogger(__name__)
+
+BackendName = Literal["auto", "tensorflow", "openvino"]
+"""Where a :class:`~glomseg.GlomUNet` runs: see :mod:`glomseg.model._backends`."""
+
+PrecisionName = Literal["auto", "float32", "bfloat16"]
+"""The arithmetic it runs in: see :mod:`glomseg.model._backends`."""
+
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
+
+OPENVINO_HINT = "backend='openvino' needs OpenVINO: pip install 'glomseg[openvino]'"
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def openvino_available() -> bool:
+    """Whether OpenVINO can be imported (the ``openvino`` extra), without importing it."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+@functools.cache
+def cpu_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX).
+
+    Read from the CPU flags in ``/proc/cpuinfo`` (Linux); where that file
+    cannot be read, from OpenVINO's CPU capabilities when OpenVINO is
+    installed, else False.
+
+    Parameters
+    ----------
+    cpuinfo : str, optional
+        Another file to read the flags from (for tests).
+
+    Examples
+    --------
+    >>> isinstance(cpu_bfloat16(), bool)
+    True
+    """
+    path = Path(cpuinfo if cpuinfo is not None else "/proc/cpuinfo")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        text = None
+    if text is not None:
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags = set(line.partition(":")[2].split())
+                return any(flag in flags for flag in BF16_FLAGS)
+        return False
+    if cpuinfo is None and openvino_available():
+        import openvino as ov
+
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in capabilities
+    return False
+
+
+def resolve_backend(backend: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """The backend and precision that ``"auto"`` stands for on this machine.
+
+    Parameters
+    ----------
+    backend : {"auto", "tensorflow", "openvino"}
+    precision : {"auto", "float32", "bfloat16"}
+
+    Returns
+    -------
+    (str, str)
+        Neither is ``"auto"``.
+
+    Raises
+    ------
+    ValueError
+        If a name is not one of those.
+    glomseg.errors.BackendError
+        If ``backend="openvino"`` and OpenVINO is not installed (naming the
+        extra), or OpenVINO is asked for bfloat16 on a CPU without it.
+
+    Examples
+    --------
+    >>> resolve_backend("tensorflow", "float32")
+    ('tensorflow', 'float32')
+    >>> resolve_backend("auto")[0] in ("tensorflow", "openvino")
+    True
+    """
+    look_up_option("backend", backend, BACKENDS)
+    look_up_option("precision", precision, PRECISIONS)
+    if backend == "auto":
+        backend = "openvino" if openvino_available() else "tensorflow"
+    elif backend == "openvino" and not openvino_available():
+        raise BackendError(OPENVINO_HINT)
+    if precision == "auto":
+        precision = "bfloat16" if cpu_bfloat16() else "float32"
+    elif precision == "bfloat16" and backend == "openvino" and not cpu_bfloat16():
+        raise BackendError(
+            "OpenVINO runs bfloat16 only on CPUs with AVX-512 BF16 or AMX, and this one has "
+            "neither: use precision='float32' (or 'auto'), or backend='tensorflow', which "
+            "emulates bfloat16 slowly"
+        )
+    return backend, precision
+
+
+def weights_fingerprint(weights: list[NDArray[Any]]) -> tuple[float, ...]:
+    """A cheap summary of a network's weights that changes when training changes them."""
+    return tuple(float(np.add.reduce(w, axis=None, dtype=np.float64)) for w in weights)
+
+
+class CompiledPredictor:
+    """A :class:`~glomseg.GlomUNet` compiled for one backend and precision.
+
+    Call it like the model: ``(n, t, t, 3)`` uint8 tiles (``t`` the model's
+    input size) to ``(n, t, t)`` float32 probabilities. Its ``config`` and
+    ``stain_normalizer`` are the model's, so prediction takes the scale, region
+    filter and normaliser from it as from the model. Make one with
+    :meth:`GlomUNet.compiled <glomseg.GlomUNet.compiled>`.
+
+    Attributes
+    ----------
+    backend : str
+        ``"tensorflow"`` or ``"openvino"``.
+    precision : str
+        ``"float32"`` or ``"bfloat16"``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        backend: str,
+        precision: str,
+        run: Callable[[NDArray[np.float32]], NDArray[Any]],
+    ) -> None:
+        self._model = model
+        self.backend = backend
+        self.precision = precision
+        self._run = run
+
+    @property
+    def config(self) -> Any:
+        """The model's :class:`~glomseg.ModelConfig`."""
+        return self._model.config
+
+    @property
+    def stain_normalizer(self) -> Any:
+        """The model's stain normaliser, or None."""
+        return self._model.stain_normalizer
+
+    def __call__(self, images: NDArray[Any], /) -> NDArray[np.float32]:
+        batch = self._model.preprocess(images)
+        size = self._model.config.input_size
+        if batch.shape[1:3] != (size, size):
+            raise ValueError(
+                f"images must be {size} x {size} (the model's input_size), "
+                f"got {batch.shape[1]} x {batch.shape[2]}"
+            )
+        if not len(batch):
+            return np.zeros((0, size, size), dtype=np.float32)
+        out = np.asarray(self._run(np.ascontiguousarray(batch)))
+        return np.asarray(out.reshape(batch.shape[:3]), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"CompiledPredictor(backend={self.backend!r}, precision={self.precision!r})"
+
+
+def compile_model(model: Any, backend: str, precision: str) -> CompiledPredictor:
+    """Compile ``model`` (a :class:`~glomseg.GlomUNet`) for a resolved backend and precision."""
+    if backend == "openvino":
+        return CompiledPredictor(model, backend, precision, _openvino_run(model, precision))
+    return CompiledPredictor(model, backend, precision, _tensorflow_run(model, precision))
+
+
+def _tensorflow_run(model: Any, precision: str) -> Callable[[NDArray[np.float32]], Any]:
+    from glomseg.model._tf import import_tf
+
+    tf, keras, _ = import_tf()
+    network = model.keras_model
+    if precision == "bfloat16":
+        network = _rebuilt(model, keras, "mixed_bfloat16")
+    shape = (None, *network.input_shape[1:])
+    spec = tf.TensorSpec(shape, tf.float32)
+
+    def probabilities(images: Any) -> Any:
+        return tf.cast(network(images, training=False), tf.float32)
+
+    forward = tf.function(probabilities, input_signature=[spec])  # traced once
+
+    def run(batch: NDArray[np.float32]) -> Any:
+        return forward(tf.constant(batch)).numpy()
+
+    return run
+
+
+def _rebuilt(model: Any, keras: Any, policy: str) -> Any:
+    """The model's network built again under a Keras dtype policy, with its weights."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        network = type(model)._build(model.config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    network.set_weights(model.keras_model.get_weights())
+    return network
+
+
+def _openvino_run(model: Any, precision: str) -> Callable[[NDArray[np.float32]], Any]:
+    """OpenVINO's CPU plugin in throughput mode: each batch split across its parallel streams."""
+    try:
+        import openvino as ov
+    except ImportError as error:
+        raise BackendError(OPENVINO_HINT) from error
+    converted = ov.convert_model(model.keras_model)
+    options = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+        "PERFORMANCE_HINT": "THROUGHPUT",
+    }
+    compiled = ov.Core().compile_model(converted, "CPU", options)
+    streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    local = threading.local()  # a queue of requests serves one thread at a time
+
+    def run(batch: NDArray[np.float32]) -> Any:
+        queue = getattr(local, "queue", None)
+        if queue is None:
+            queue = local.queue = ov.AsyncInferQueue(compiled, streams)
+        bounds = np.linspace(0, len(batch), min(streams, len(batch)) + 1).round().astype(int)
+        parts: list[Any] = [None] * (len(bounds) - 1)
+
+        def done(request: Any, index: int) -> None:
+            parts[index] = request.get_output_tensor(0).data.copy()  # the request is reused
+
+        queue.set_callback(done)
+        for index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            queue.start_async({0: batch[start:stop]}, index)
+        queue.wait_all()
+        return np.concatenate(parts)
+
+    return run
