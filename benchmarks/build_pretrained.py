@@ -73,7 +73,12 @@ from glomseg import (
     sliding_window_predict,
 )
 from glomseg.io.synthetic import write_synthetic_slide
-from glomseg.model import MacenkoNormalizer, ReinhardNormalizer, normalizer_from_dict
+from glomseg.model import (
+    MacenkoNormalizer,
+    ReinhardNormalizer,
+    normalizer_from_dict,
+    resolve_backend,
+)
 from glomseg.model._model import load_pretrained
 from glomseg.model._pretrained import DEFAULT_MODEL, ModelCard, save_pretrained
 from glomseg.predict._objects import filter_objects
@@ -110,8 +115,9 @@ def choose_confidence(
 ) -> tuple[float, dict[str, float]]:
     """The region confidence with the best mean Dice on the training images, and all scores."""
     max_rows = MAX_OBJECT_TILES * model.config.input_size
+    predictor = model.compiled()  # the backend prediction uses by default
     probs = [
-        sliding_window_predict(image, model, tile_size=model.config.input_size, tta=True)
+        sliding_window_predict(image, predictor, tile_size=model.config.input_size, tta=True)
         for image in images
     ]
     scores = {}
@@ -488,6 +494,7 @@ def main() -> None:
             "cpu_mpx_per_s_tta": speed(model, tta=True),
             "what": "megapixels of a 0.49 um/px slide per second, all tiles predicted",
             "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}",
+            "backend": "/".join(resolve_backend()),
         }
         print(f"speed: {timing}")
         card = ModelCard.from_dict(

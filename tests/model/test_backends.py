@@ -72,6 +72,13 @@ def test_auto_picks_openvino_where_installed_and_bfloat16_where_native(monkeypat
     assert resolve_backend("tensorflow", "bfloat16") == ("tensorflow", "bfloat16")
 
 
+def test_auto_leaves_a_gpu_to_tensorflow(monkeypatch):
+    monkeypatch.setattr(_backends, "cpu_bfloat16", lambda: True)
+    monkeypatch.setattr(_backends, "openvino_available", lambda: True)
+    assert resolve_backend(gpu=True) == ("tensorflow", "float32")
+    assert resolve_backend("openvino", "auto", gpu=True) == ("openvino", "float32")
+
+
 def test_openvino_without_the_extra_names_it(monkeypatch):
     monkeypatch.setattr(_backends, "openvino_available", lambda: False)
     with pytest.raises(BackendError, match=r"pip install 'glomseg\[openvino\]'"):

@@ -11,7 +11,8 @@ and :attr:`~glomseg.PredictConfig.precision`:
     (not ``Model.predict``, which builds a dataset on every call);
     ``"openvino"`` converts it once with OpenVINO (the ``openvino`` extra,
     ``pip install 'glomseg[openvino]'``) and runs it with OpenVINO's CPU plugin;
-    ``"auto"`` (the default) is OpenVINO where it is installed, else TensorFlow.
+    ``"auto"`` (the default) is OpenVINO where it is installed and TensorFlow
+    sees no GPU, else TensorFlow.
 ``precision``
     ``"float32"``, or ``"bfloat16"`` (weights and activations rounded to
     bfloat16, sums in float32): TensorFlow's ``mixed_bfloat16`` policy, or
@@ -58,10 +59,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BackendName = Literal["auto", "tensorflow", "openvino"]
-"""Where a :class:`~glomseg.GlomUNet` runs: see :mod:`glomseg.model._backends`."""
+"""Where a :class:`~glomseg.GlomUNet` runs: see :ref:`cpu-prediction`."""
 
 PrecisionName = Literal["auto", "float32", "bfloat16"]
-"""The arithmetic it runs in: see :mod:`glomseg.model._backends`."""
+"""The arithmetic it runs in: see :ref:`cpu-prediction`."""
 
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
@@ -114,13 +115,18 @@ def cpu_bfloat16(cpuinfo: str | None = None) -> bool:
     return False
 
 
-def resolve_backend(backend: str = "auto", precision: str = "auto") -> tuple[str, str]:
+def resolve_backend(
+    backend: str = "auto", precision: str = "auto", *, gpu: bool = False
+) -> tuple[str, str]:
     """The backend and precision that ``"auto"`` stands for on this machine.
 
     Parameters
     ----------
     backend : {"auto", "tensorflow", "openvino"}
     precision : {"auto", "float32", "bfloat16"}
+    gpu : bool
+        TensorFlow sees a GPU: then ``"auto"`` is TensorFlow in float32, which
+        runs there (the model's own ``mixed_precision`` applies).
 
     Returns
     -------
@@ -145,11 +151,11 @@ def resolve_backend(backend: str = "auto", precision: str = "auto") -> tuple[str
     look_up_option("backend", backend, BACKENDS)
     look_up_option("precision", precision, PRECISIONS)
     if backend == "auto":
-        backend = "openvino" if openvino_available() else "tensorflow"
+        backend = "openvino" if openvino_available() and not gpu else "tensorflow"
     elif backend == "openvino" and not openvino_available():
         raise BackendError(OPENVINO_HINT)
     if precision == "auto":
-        precision = "bfloat16" if cpu_bfloat16() else "float32"
+        precision = "bfloat16" if cpu_bfloat16() and not gpu else "float32"
     elif precision == "bfloat16" and backend == "openvino" and not cpu_bfloat16():
         raise BackendError(
             "OpenVINO runs bfloat16 only on CPUs with AVX-512 BF16 or AMX, and this one has "

@@ -591,9 +591,8 @@ class GlomUNet:
         :func:`glomseg.predict_image`, :func:`glomseg.predict_slide` and
         :func:`glomseg.predict_slides` call it with
         :attr:`glomseg.PredictConfig.backend` and
-        :attr:`~glomseg.PredictConfig.precision`; see
-        :mod:`glomseg.model._backends` for what each one does and what
-        ``"auto"`` picks on this machine.
+        :attr:`~glomseg.PredictConfig.precision`; see :ref:`cpu-prediction`
+        (installation docs) for what each one does and what ``"auto"`` picks.
 
         Parameters
         ----------
@@ -614,7 +613,9 @@ class GlomUNet:
             If the backend is not installed (the message names the extra) or
             cannot run that precision on this CPU.
         """
-        backend, precision = resolve_backend(backend, precision)
+        tf, _, _ = _import_tf()
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        backend, precision = resolve_backend(backend, precision, gpu=gpu)
         cache: dict[tuple[str, str], tuple[Any, CompiledPredictor]] = self.__dict__.setdefault(
             "_compiled", {}
         )

@@ -125,7 +125,8 @@ class PredictConfig:
     backend : {"auto", "tensorflow", "openvino"}
         Where a :class:`~glomseg.GlomUNet` runs (see
         :meth:`GlomUNet.compiled <glomseg.GlomUNet.compiled>`): ``"auto"`` is
-        OpenVINO where the ``openvino`` extra is installed, else TensorFlow.
+        OpenVINO where the ``openvino`` extra is installed and TensorFlow sees no
+        GPU, else TensorFlow.
         Other predictors run as they are, and must leave it ``"auto"``.
     precision : {"auto", "float32", "bfloat16"}
         The model's arithmetic: ``"auto"`` is bfloat16 on CPUs that compute it
