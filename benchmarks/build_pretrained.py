@@ -249,8 +249,11 @@ def _labs_section(v: dict) -> list[str]:
         "Across labs and stains",
         "----------------------",
         "",
-        "Every default (no TTA), the pixel size given: the same validation tiles "
-        "re-stained to synthetic stains none of which is in the training augmentation "
+        "``predict_image`` without flip TTA (``PredictConfig(tta=False)``; its default "
+        "without a config flips), every other option at its default and the pixel size "
+        "given: the same validation tiles re-stained to synthetic stains none of which is "
+        "in the training augmentation, and with their pixel size stated 0.6 and 1.5 times "
+        "its value (glomeruli smaller or larger than the training slide's) "
         "(``benchmarks/bench_domains.py``), and 24 PAS tiles of another lab (AIDPATH: Bueno "
         "et al., Mendeley Data k7nvtgn2x6 v3, CC BY 4.0), never trained or chosen on. "
         "Mean Dice per image / pooled; *Reinhard* maps each tile to the training images' "
