@@ -208,6 +208,26 @@ def test_openvino_serves_threads_at_once(model, tile):
 
 
 @needs_tf
+def test_openvino_failing_to_compile_is_an_error_or_for_auto_tensorflow(
+    model, tile, monkeypatch, caplog
+):
+    from glomseg import GlomUNet
+
+    def broken(model: object, precision: str) -> None:
+        raise RuntimeError("Cannot create Foo layer")
+
+    fresh = GlomUNet.from_config(model.config)  # an empty cache
+    monkeypatch.setattr(_backends, "_openvino_run", broken)
+    monkeypatch.setattr(_backends, "openvino_available", lambda: True)
+    with pytest.raises(BackendError, match=r"OpenVINO could not compile the model.*Foo layer"):
+        fresh.compiled("openvino", "float32")
+    with caplog.at_level("WARNING", logger="glomseg.model._model"):
+        chosen = fresh.compiled("auto", "float32")
+    assert chosen.backend == "tensorflow"
+    assert "predicting with TensorFlow instead" in caplog.text
+
+
+@needs_tf
 def test_predict_slide_records_the_backend_it_ran(model, tile, tmp_path):
     from glomseg import predict_slide
 

@@ -227,9 +227,24 @@ class CompiledPredictor:
 
 
 def compile_model(model: Any, backend: str, precision: str) -> CompiledPredictor:
-    """Compile ``model`` (a :class:`~glomseg.GlomUNet`) for a resolved backend and precision."""
+    """Compile ``model`` (a :class:`~glomseg.GlomUNet`) for a resolved backend and precision.
+
+    Raises
+    ------
+    glomseg.errors.BackendError
+        If OpenVINO cannot convert or compile the network (the message says why).
+    """
     if backend == "openvino":
-        return CompiledPredictor(model, backend, precision, _openvino_run(model, precision))
+        try:
+            run = _openvino_run(model, precision)
+        except BackendError:
+            raise
+        except Exception as error:  # OpenVINO's conversion and plugin errors have no common type
+            raise BackendError(
+                f"OpenVINO could not compile the model ({type(error).__name__}: {error}); "
+                "use backend='tensorflow'"
+            ) from error
+        return CompiledPredictor(model, backend, precision, run)
     return CompiledPredictor(model, backend, precision, _tensorflow_run(model, precision))
 
 

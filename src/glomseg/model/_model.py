@@ -43,7 +43,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from glomseg.errors import ModelFileError, PretrainedWeightsError, look_up_option
+from glomseg.errors import BackendError, ModelFileError, PretrainedWeightsError, look_up_option
 from glomseg.model._backends import (
     CompiledPredictor,
     compile_model,
@@ -615,6 +615,7 @@ class GlomUNet:
         """
         tf, _, _ = _import_tf()
         gpu = bool(tf.config.list_physical_devices("GPU"))
+        chosen = backend == "auto"
         backend, precision = resolve_backend(backend, precision, gpu=gpu)
         cache: dict[tuple[str, str], tuple[Any, CompiledPredictor]] = self.__dict__.setdefault(
             "_compiled", {}
@@ -624,7 +625,14 @@ class GlomUNet:
         hit = cache.get((backend, precision))
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        predictor = compile_model(self, backend, precision)
+        try:
+            predictor = compile_model(self, backend, precision)
+        except BackendError as error:
+            if not (chosen and backend == "openvino"):
+                raise
+            # "auto" chose OpenVINO, which cannot run this network: TensorFlow can.
+            logger.warning("%s; predicting with TensorFlow instead", error)
+            return self.compiled("tensorflow", precision)
         cache[(backend, precision)] = (stamp, predictor)
         return predictor
 
