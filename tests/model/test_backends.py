@@ -213,7 +213,10 @@ def test_openvino_failing_to_compile_is_an_error_or_for_auto_tensorflow(
 ):
     from glomseg import GlomUNet
 
+    attempts = []
+
     def broken(model: object, precision: str) -> None:
+        attempts.append(precision)
         raise RuntimeError("Cannot create Foo layer")
 
     fresh = GlomUNet.from_config(model.config)  # an empty cache
@@ -225,6 +228,8 @@ def test_openvino_failing_to_compile_is_an_error_or_for_auto_tensorflow(
         chosen = fresh.compiled("auto", "float32")
     assert chosen.backend == "tensorflow"
     assert "predicting with TensorFlow instead" in caplog.text
+    assert fresh.compiled("auto", "float32") is chosen  # not tried again for these weights
+    assert len(attempts) == 2
 
 
 @needs_tf

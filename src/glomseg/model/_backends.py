@@ -165,9 +165,29 @@ def resolve_backend(
     return backend, precision
 
 
-def weights_fingerprint(weights: list[NDArray[Any]]) -> tuple[float, ...]:
-    """A cheap summary of a network's weights that changes when training changes them."""
-    return tuple(float(np.add.reduce(w, axis=None, dtype=np.float64)) for w in weights)
+def fingerprint_function(network: Any) -> Callable[[], tuple[int, ...]]:
+    """A function that summarises a Keras network's weights, to tell when training changed them.
+
+    Per variable, the sum of its values' bit patterns as 64-bit integers:
+    exact and independent of the order TensorFlow adds them in (the same weights
+    always give the same fingerprint), read in place rather than copied out with
+    ``get_weights`` (about a third of the time).
+    """
+    from glomseg.model._tf import import_tf
+
+    tf, _, _ = import_tf()
+
+    def bits(variable: Any) -> Any:
+        value = tf.convert_to_tensor(variable)
+        width = {2: tf.int16, 4: tf.int32, 8: tf.int64}[value.dtype.size]
+        return tf.reduce_sum(tf.cast(tf.bitcast(value, width), tf.int64))
+
+    summarise = tf.function(lambda: tf.stack([bits(v) for v in network.weights]))
+
+    def fingerprint() -> tuple[int, ...]:
+        return tuple(int(x) for x in summarise().numpy())
+
+    return fingerprint
 
 
 class CompiledPredictor:

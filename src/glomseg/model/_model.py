@@ -47,8 +47,8 @@ from glomseg.errors import BackendError, ModelFileError, PretrainedWeightsError,
 from glomseg.model._backends import (
     CompiledPredictor,
     compile_model,
+    fingerprint_function,
     resolve_backend,
-    weights_fingerprint,
 )
 from glomseg.model._config import (
     DEFAULT_DECODER_FILTERS,
@@ -621,17 +621,26 @@ class GlomUNet:
             "_compiled", {}
         )
         copies = (backend, precision) != ("tensorflow", "float32")
-        stamp = weights_fingerprint(self._model.get_weights()) if copies else None
+        stamp = None
+        if copies:
+            fingerprint = self.__dict__.get("_fingerprint")
+            if fingerprint is None:
+                fingerprint = self.__dict__["_fingerprint"] = fingerprint_function(self._model)
+            stamp = fingerprint()
         hit = cache.get((backend, precision))
         if hit is not None and hit[0] == stamp:
             return hit[1]
+        if chosen and self.__dict__.get("_openvino_failed") == (precision, stamp):
+            return self.compiled("tensorflow", precision)
         try:
             predictor = compile_model(self, backend, precision)
         except BackendError as error:
             if not (chosen and backend == "openvino"):
                 raise
-            # "auto" chose OpenVINO, which cannot run this network: TensorFlow can.
+            # "auto" chose OpenVINO, which cannot run this network: TensorFlow can (and
+            # is used for these weights from now on, without trying OpenVINO again).
             logger.warning("%s; predicting with TensorFlow instead", error)
+            self.__dict__["_openvino_failed"] = (precision, stamp)
             return self.compiled("tensorflow", precision)
         cache[(backend, precision)] = (stamp, predictor)
         return predictor
