@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import functools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,15 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(slides, tmp_path)
         paths, purple_model, tmp_path, config=other, overwrite=True, progress=False
     )
     assert list(report.done) == ["slide3"]
+
+
+def test_done_key_leaves_out_how_fast_but_not_what():
+    from glomseg.distributed._distributed import _run_key
+
+    key = _run_key("glomeruli-pas", CONFIG, 0.5, True)
+    fast = replace(CONFIG, backend="openvino", precision="bfloat16", workers=3)
+    assert _run_key("glomeruli-pas", fast, 0.5, True) == key
+    assert _run_key("glomeruli-pas", replace(CONFIG, threshold=0.7), 0.5, True) != key
 
 
 def test_bad_arguments_are_refused_before_any_work(slides, tmp_path):
