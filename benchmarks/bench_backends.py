@@ -25,6 +25,9 @@ Everything runs in one process, on whatever cores the machine has, in this order
    full-size slide (by its area) and to 16 cores (by the cores, as if the model's
    time scaled with them: an estimate, not a measurement).
 
+OpenVINO int8 runs the model's int8 network where it has one (``glomeruli-crosslab``
+does, see ``build_int8.py``), on any CPU.
+
 Where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX) the bfloat16 rows
 are measured; elsewhere OpenVINO cannot run them and TensorFlow only emulates
 them (slowly), so they are left out of the rates and kept for the masks.
@@ -47,6 +50,7 @@ import numpy as np
 import tifffile
 
 from glomseg import GlomUNet, PredictConfig, load_training_images, predict_image, predict_slide
+from glomseg.errors import BackendError
 from glomseg.evaluate import dice_coefficient
 from glomseg.model import available_models
 from glomseg.model._backends import cpu_bfloat16, openvino_available
@@ -55,11 +59,22 @@ SIDE = 3072
 SLIDE_SHAPE = (31299, 44066)
 
 
-def backends(native_bf16: bool, rates: bool) -> list[tuple[str, str]]:
+def has_int8(model: GlomUNet) -> bool:
+    """Whether the model has an int8 network for its weights (and OpenVINO is installed)."""
+    try:
+        model.compiled("openvino", "int8")
+    except BackendError:
+        return False
+    return True
+
+
+def backends(native_bf16: bool, rates: bool, int8: bool = True) -> list[tuple[str, str]]:
     """The (backend, precision) pairs to run: bfloat16 for rates only where it is native."""
     pairs = [("tensorflow", "float32")]
     if openvino_available():
         pairs.append(("openvino", "float32"))
+        if int8:
+            pairs.append(("openvino", "int8"))
     if native_bf16 or not rates:
         pairs.append(("tensorflow", "bfloat16"))
         if native_bf16 and openvino_available():
@@ -133,7 +148,7 @@ def rates(model: GlomUNet, image: np.ndarray, repeats: int, native: bool) -> dic
     }
     print(f"bare fp32 tf.keras model, {n * n} tiles: {bare:.2f} s, {megapixels / bare:.2f} MP/s")
     timed = Timed(model)
-    for backend, precision in [*backends(native, rates=True), ("auto", "auto")]:
+    for backend, precision in [*backends(native, True, has_int8(model)), ("auto", "auto")]:
         config = PredictConfig(tta=False, backend=backend, precision=precision)
 
         def run(config: PredictConfig = config) -> None:
@@ -167,7 +182,7 @@ def masks(model: GlomUNet, validation: list[Any], native: bool) -> dict[str, Any
     }
     out: dict[str, Any] = {}
     reference: dict[str, list[np.ndarray]] = {}
-    for backend, precision in backends(native, rates=False):
+    for backend, precision in backends(native, False, has_int8(model)):
         key = f"{backend}/{precision}"
         config = PredictConfig(tta=False, backend=backend, precision=precision)
         out[key] = {}
@@ -235,7 +250,7 @@ def slide(model: GlomUNet, validation: list[Any], scale: int, native: bool) -> d
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "slide.tif"
         h, w = write_slide(path, validation, scale)
-        for backend, precision in backends(native, rates=True):
+        for backend, precision in backends(native, True, has_int8(model)):
             config = PredictConfig(backend=backend, precision=precision)
             begin = time.perf_counter()
             mask = predict_slide(

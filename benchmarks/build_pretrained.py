@@ -25,7 +25,8 @@ src/glomseg/model/pretrained/glomeruli-crosslab`` (its page:
    (:meth:`glomseg.Augmentation.cross_lab`).
 2. **Package** it as float16 weights with its configuration
    (:func:`glomseg.model._pretrained.save_pretrained`) and load it back, so everything
-   below measures the model as shipped.
+   below measures the model as shipped; quantize it to int8 and check its masks as
+   ``build_int8.py`` does, keeping the int8 network only if they pass.
 3. **Choose** the region confidence (``ModelConfig.min_confidence``: prediction
    removes regions of the mask whose mean probability is below it) on the
    *training* images: the candidate with the best mean per-image Dice (flip TTA,
@@ -58,6 +59,7 @@ from pathlib import Path
 import hubmap
 import numpy as np
 from bench_domains import SHIFTS, image_sets, score
+from build_int8 import AGREEMENT, agreement
 from scipy import ndimage
 
 from glomseg import (
@@ -467,6 +469,13 @@ def main() -> None:
         sample = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
         drift = float(np.abs(model.predict(sample) - trained.predict(sample)).max())
         print(f"float16 weights change probabilities by at most {drift:.2e}")
+        # The int8 network OpenVINO predicts with by default, made and checked as
+        # build_int8.py does (before anything below measures the default path).
+        model.quantize_int8(images)
+        checked = load_training_images(data.train[::3], downsample=1)[0]
+        if min(agreement(model, list(checked)).values()) < AGREEMENT:
+            print(f"int8 masks agree with float32's below {AGREEMENT}: no int8 network")
+            del model.__dict__["_int8"]
         confidence, scores = choose_confidence(model, images, masks)
         print(f"region confidence {confidence:g}; training-image Dice by confidence: {scores}")
         model.set_min_confidence(confidence or None)
@@ -503,7 +512,7 @@ def main() -> None:
         card = ModelCard.from_dict(
             {**card.to_dict(), "validation": validation, "speed": timing, "limits": LIMITS}
         )
-        folder = save_pretrained(trained, args.out, card)
+        folder = save_pretrained(model, args.out, card)  # float16-rounded, int8 network
     if args.out.parent == OUT.parent:  # a model shipped in the package: its docs page too
         page = DOCS if args.out == OUT else DOCS.with_name(f"model_card_{args.out.name}.rst")
         write_docs(load_pretrained(args.out.name, directory=folder.parent).card, page)

@@ -15,7 +15,7 @@ PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
 def test_import_does_not_load_tensorflow_dask_or_openvino():
     heavy = (
         "{'tensorflow', 'segmentation_models', 'keras', 'tf_keras', 'dask', 'distributed', "
-        "'openslide', 'h5py', 'openvino', 'openvino_telemetry'}"
+        "'openslide', 'h5py', 'openvino', 'openvino_telemetry', 'nncf'}"
     )
     code = (
         f"import sys, glomseg; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"

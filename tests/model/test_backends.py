@@ -215,7 +215,7 @@ def test_openvino_failing_to_compile_is_an_error_or_for_auto_tensorflow(
 
     attempts = []
 
-    def broken(model: object, precision: str) -> None:
+    def broken(model: object, precision: str, int8: object = None) -> None:
         attempts.append(precision)
         raise RuntimeError("Cannot create Foo layer")
 
@@ -224,7 +224,7 @@ def test_openvino_failing_to_compile_is_an_error_or_for_auto_tensorflow(
     monkeypatch.setattr(_backends, "openvino_available", lambda: True)
     with pytest.raises(BackendError, match=r"OpenVINO could not compile the model.*Foo layer"):
         fresh.compiled("openvino", "float32")
-    with caplog.at_level("WARNING", logger="glomseg.model._model"):
+    with caplog.at_level("WARNING", logger="glomseg.model._backends"):
         chosen = fresh.compiled("auto", "float32")
     assert chosen.backend == "tensorflow"
     assert "predicting with TensorFlow instead" in caplog.text

@@ -1,4 +1,4 @@
-"""How a :class:`~glomseg.GlomUNet` runs on the CPU: TensorFlow or OpenVINO, float32 or bfloat16.
+"""How a :class:`~glomseg.GlomUNet` runs on the CPU: TensorFlow or OpenVINO, in any precision.
 
 :meth:`GlomUNet.compiled <glomseg.GlomUNet.compiled>` returns a
 :class:`CompiledPredictor`, a callable ``(n, t, t, 3) uint8 -> (n, t, t)``
@@ -20,7 +20,11 @@ and :attr:`~glomseg.PredictConfig.precision`:
     bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX, see
     :func:`cpu_bfloat16`), else float32. OpenVINO cannot run bfloat16 on a CPU
     without it (:class:`~glomseg.errors.BackendError`); TensorFlow emulates it there, slowly,
-    which is only good for checking masks.
+    which is only good for checking masks. ``"int8"`` runs the model's int8
+    network on OpenVINO (see :mod:`glomseg.model._int8`): ``glomeruli-crosslab``
+    ships one, and :meth:`GlomUNet.quantize_int8 <glomseg.GlomUNet.quantize_int8>`
+    makes one for a model of one's own. ``"auto"`` never picks it: its masks
+    agree with float32's less well on another lab's slides (see :doc:`/benchmarks`).
 
 A compiled predictor is cached on its model, one per backend and precision, so
 a worker converts its model once. OpenVINO and bfloat16 predictors hold a copy
@@ -61,7 +65,7 @@ logger = logging.getLogger(__name__)
 BackendName = Literal["auto", "tensorflow", "openvino"]
 """Where a :class:`~glomseg.GlomUNet` runs: see :ref:`cpu-prediction`."""
 
-PrecisionName = Literal["auto", "float32", "bfloat16"]
+PrecisionName = Literal["auto", "float32", "bfloat16", "int8"]
 """The arithmetic it runs in: see :ref:`cpu-prediction`."""
 
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -116,17 +120,20 @@ def cpu_bfloat16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve_backend(
-    backend: str = "auto", precision: str = "auto", *, gpu: bool = False
+    backend: str = "auto", precision: str = "auto", *, gpu: bool = False, int8: bool = False
 ) -> tuple[str, str]:
     """The backend and precision that ``"auto"`` stands for on this machine.
 
     Parameters
     ----------
     backend : {"auto", "tensorflow", "openvino"}
-    precision : {"auto", "float32", "bfloat16"}
+    precision : {"auto", "float32", "bfloat16", "int8"}
     gpu : bool
         TensorFlow sees a GPU: then ``"auto"`` is TensorFlow in float32, which
         runs there (the model's own ``mixed_precision`` applies).
+    int8 : bool
+        The model has an int8 network for its current weights, which
+        ``precision="int8"`` needs (``"auto"`` never picks int8).
 
     Returns
     -------
@@ -139,7 +146,8 @@ def resolve_backend(
         If a name is not one of those.
     glomseg.errors.BackendError
         If ``backend="openvino"`` and OpenVINO is not installed (naming the
-        extra), or OpenVINO is asked for bfloat16 on a CPU without it.
+        extra), OpenVINO is asked for bfloat16 on a CPU without it, or int8 is
+        asked of TensorFlow or of a model without an int8 network.
 
     Examples
     --------
@@ -147,9 +155,28 @@ def resolve_backend(
     ('tensorflow', 'float32')
     >>> resolve_backend("auto")[0] in ("tensorflow", "openvino")
     True
+    >>> resolve_backend("tensorflow", "int8", int8=True)
+    Traceback (most recent call last):
+    ...
+    glomseg.errors.BackendError: precision='int8' runs on OpenVINO only: backend='openvino' ...
     """
     look_up_option("backend", backend, BACKENDS)
     look_up_option("precision", precision, PRECISIONS)
+    if precision == "int8":
+        if backend == "tensorflow":
+            raise BackendError(
+                "precision='int8' runs on OpenVINO only: backend='openvino' (or 'auto'), "
+                "pip install 'glomseg[openvino]'"
+            )
+        if not openvino_available():
+            raise BackendError(OPENVINO_HINT.replace("backend='openvino'", "precision='int8'"))
+        if not int8:
+            raise BackendError(
+                "this model has no int8 network for its current weights (it was trained "
+                "since, or never quantized): model.quantize_int8(images) makes one "
+                "(pip install 'glomseg[int8]'), or use precision='float32'"
+            )
+        return "openvino", "int8"
     if backend == "auto":
         backend = "openvino" if openvino_available() and not gpu else "tensorflow"
     elif backend == "openvino" and not openvino_available():
@@ -204,7 +231,7 @@ class CompiledPredictor:
     backend : str
         ``"tensorflow"`` or ``"openvino"``.
     precision : str
-        ``"float32"`` or ``"bfloat16"``.
+        ``"float32"``, ``"bfloat16"`` or ``"int8"``.
     """
 
     def __init__(
@@ -246,8 +273,54 @@ class CompiledPredictor:
         return f"CompiledPredictor(backend={self.backend!r}, precision={self.precision!r})"
 
 
-def compile_model(model: Any, backend: str, precision: str) -> CompiledPredictor:
+def cached_predictor(model: Any, backend: str, precision: str) -> CompiledPredictor:
+    """``model.compiled(backend, precision)``: compiled once, kept on the model, never stale.
+
+    The cache lives in the model's ``__dict__`` (``_compiled``), one predictor
+    per resolved backend and precision, stamped with the weights' fingerprint
+    when the predictor holds a copy of them. Where ``"auto"`` chose OpenVINO and
+    it cannot compile the network, TensorFlow is used (and remembered for these
+    weights) with a warning.
+    """
+    from glomseg.model._tf import import_tf
+
+    tf, _, _ = import_tf()
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    chosen = backend == "auto"
+    state = model.__dict__
+    int8 = state.get("_int8") if precision == "int8" else None
+    stamp = None if int8 is None else model._fingerprint()
+    int8_ready = int8 is not None and int8.fingerprint == stamp
+    backend, precision = resolve_backend(backend, precision, gpu=gpu, int8=int8_ready)
+    cache: dict[tuple[str, str], tuple[Any, CompiledPredictor]] = state.setdefault("_compiled", {})
+    if (backend, precision) == ("tensorflow", "float32"):
+        stamp = None  # runs the Keras network itself, whatever its weights
+    elif stamp is None:  # the others hold a copy of the weights
+        stamp = model._fingerprint()
+    hit = cache.get((backend, precision))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    if chosen and state.get("_openvino_failed") == (precision, stamp):
+        return cached_predictor(model, "tensorflow", precision)
+    try:
+        predictor = compile_model(model, backend, precision, int8 if int8_ready else None)
+    except BackendError as error:
+        if not (chosen and backend == "openvino") or precision == "int8":
+            raise
+        # "auto" chose OpenVINO, which cannot run this network: TensorFlow can (and
+        # is used for these weights from now on, without trying OpenVINO again).
+        logger.warning("%s; predicting with TensorFlow instead", error)
+        state["_openvino_failed"] = (precision, stamp)
+        return cached_predictor(model, "tensorflow", precision)
+    cache[(backend, precision)] = (stamp, predictor)
+    return predictor
+
+
+def compile_model(model: Any, backend: str, precision: str, int8: Any = None) -> CompiledPredictor:
     """Compile ``model`` (a :class:`~glomseg.GlomUNet`) for a resolved backend and precision.
+
+    ``int8`` is the model's :class:`~glomseg.model._int8.Int8Network`, for
+    precision ``"int8"``.
 
     Raises
     ------
@@ -256,7 +329,7 @@ def compile_model(model: Any, backend: str, precision: str) -> CompiledPredictor
     """
     if backend == "openvino":
         try:
-            run = _openvino_run(model, precision)
+            run = _openvino_run(model, precision, int8)
         except BackendError:
             raise
         except Exception as error:  # OpenVINO's conversion and plugin errors have no common type
@@ -301,13 +374,23 @@ def _rebuilt(model: Any, keras: Any, policy: str) -> Any:
     return network
 
 
-def _openvino_run(model: Any, precision: str) -> Callable[[NDArray[np.float32]], Any]:
-    """OpenVINO's CPU plugin in throughput mode: each batch split across its parallel streams."""
+def _openvino_run(
+    model: Any, precision: str, int8: Any = None
+) -> Callable[[NDArray[np.float32]], Any]:
+    """OpenVINO's CPU plugin in throughput mode: each batch split across its parallel streams.
+
+    In int8, the int8 network's float32 layers stay float32 on every CPU.
+    """
     try:
         import openvino as ov
     except ImportError as error:
         raise BackendError(OPENVINO_HINT) from error
-    converted = ov.convert_model(model.keras_model)
+    if precision == "int8":
+        if int8 is None:
+            raise BackendError("precision='int8' needs the model's int8 network")
+        converted = int8.load()
+    else:
+        converted = ov.convert_model(model.keras_model)
     options = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
         "PERFORMANCE_HINT": "THROUGHPUT",

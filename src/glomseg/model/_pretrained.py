@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from glomseg.errors import GlomsegError, PretrainedWeightsError
 from glomseg.io._files import atomic_path
+from glomseg.model._int8 import Int8Network, read_int8, remove_int8, save_int8
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -173,6 +174,8 @@ class PretrainedFiles:
         The stored weights' names, in the model's order.
     arrays : list of numpy.ndarray
         The stored weights (float16), one per name.
+    int8 : Int8Network or None
+        The model's int8 network for OpenVINO, if the folder holds one.
     """
 
     folder: Path
@@ -180,6 +183,7 @@ class PretrainedFiles:
     card: ModelCard
     names: list[str]
     arrays: list[NDArray[np.float16]]
+    int8: Int8Network | None = None
 
 
 def read_pretrained(
@@ -214,11 +218,15 @@ def read_pretrained(
             arrays = [stored[f"w{i:04d}"] for i in range(len(names_stored))]
     except (OSError, KeyError, ValueError) as error:
         raise PretrainedWeightsError(f"{path}: cannot read the weights ({error})") from None
-    return PretrainedFiles(folder, config, card, names_stored, arrays)
+    return PretrainedFiles(folder, config, card, names_stored, arrays, read_int8(folder))
 
 
 def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCard) -> Path:
     """Write a :class:`glomseg.GlomUNet` as a pretrained model folder: config, weights, card.
+
+    With the model's int8 network too (:meth:`glomseg.GlomUNet.quantize_int8`),
+    if it has one for its current weights (float16 weights load as float32 again,
+    so the network must have been made from the float16-rounded weights).
 
     Returns
     -------
@@ -242,6 +250,11 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCa
     card = dataclasses.replace(card, size_mb=round(size_mb, 1))
     _write_json(folder / "config.json", model.config.to_dict())
     _write_json(folder / "card.json", card.to_dict())
+    int8 = model.__dict__.get("_int8")
+    if int8 is not None and int8.fingerprint == model._fingerprint():
+        save_int8(folder, int8)
+    else:
+        remove_int8(folder)
     return folder
 
 

@@ -128,10 +128,14 @@ class PredictConfig:
         OpenVINO where the ``openvino`` extra is installed and TensorFlow sees no
         GPU, else TensorFlow.
         Other predictors run as they are, and must leave it ``"auto"``.
-    precision : {"auto", "float32", "bfloat16"}
+    precision : {"auto", "float32", "bfloat16", "int8"}
         The model's arithmetic: ``"auto"`` is bfloat16 on CPUs that compute it
-        natively (AVX-512 BF16 or AMX), else float32. Masks agree with float32
-        ones to a Dice of 0.99 or more (see :doc:`/benchmarks`).
+        natively (AVX-512 BF16 or AMX), else float32; their masks agree with
+        float32 ones to a Dice of 0.99 or more. ``"int8"`` runs the model's int8
+        network on OpenVINO (``glomeruli-crosslab`` has one, see
+        :meth:`GlomUNet.quantize_int8 <glomseg.GlomUNet.quantize_int8>`), about
+        1.7 times as fast as float32, with masks that agree less well on other
+        labs' slides (see :doc:`/benchmarks`).
 
     Raises
     ------
