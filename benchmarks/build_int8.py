@@ -1,4 +1,4 @@
-"""Build the int8 network a shipped model predicts with on OpenVINO, and check its masks.
+"""Build the int8 network a shipped model predicts with on request (OpenVINO), and check it.
 
     python benchmarks/build_int8.py [--model glomeruli-pas glomeruli-crosslab]
         [--tiles DIR] [--crops 300] [--seed 0] [--dry-run]

@@ -9,9 +9,10 @@ training images, each passed through the cross-lab augmentation
 (:meth:`glomseg.Augmentation.cross_lab`), so that other stains' activations stay
 in range. The first convolution and the last :data:`FLOAT_CONVOLUTIONS` stay in
 float32: the network's input and its probabilities are where rounding costs the
-mask most. That number was chosen on the training tiles and their synthetic
-re-stainings, as the fewest for which masks agree with float32's at a Dice of
-0.99 or more.
+mask most. That number was settled in an exploratory run on another lab's tiles
+(AIDPATH; see :doc:`/benchmarks`, which says how little it carried over); masks on
+the training tiles and their synthetic re-stainings agree with float32's at 0.99
+or more with any of 0 to 6 kept, so they could not choose it.
 
 An :class:`Int8Network` remembers the fingerprint of the float weights it was
 quantized from (:func:`glomseg.model._backends.fingerprint_function`), so a model
@@ -70,7 +71,7 @@ class Int8Network:
     fingerprint: tuple[int, ...]
 
     def load(self) -> Any:
-        """The ``openvino.Model`` (read from its file the first time)."""
+        """The ``openvino.Model``, read from its file if it is one (on every call)."""
         if not isinstance(self.network, Path):
             return self.network
         import openvino as ov
