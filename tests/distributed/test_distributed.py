@@ -220,6 +220,10 @@ def test_done_key_leaves_out_how_fast_but_not_what():
     fast = replace(CONFIG, backend="openvino", precision="bfloat16", workers=3)
     assert _run_key("glomeruli-pas", fast, 0.5, True) == key
     assert _run_key("glomeruli-pas", replace(CONFIG, threshold=0.7), 0.5, True) != key
+    int8 = replace(CONFIG, precision="int8")  # masks beyond float32's tolerance: not the same run
+    assert _run_key("glomeruli-crosslab", int8, 0.5, True) != _run_key(
+        "glomeruli-crosslab", CONFIG, 0.5, True
+    )
 
 
 def test_bad_arguments_are_refused_before_any_work(slides, tmp_path):

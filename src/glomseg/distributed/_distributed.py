@@ -329,10 +329,13 @@ def _run_key(
 ) -> dict[str, Any]:
     settings = asdict(config)
     # How fast, not what: the masks do not depend on the threads, and every backend and
-    # precision gives float32's masks to the tolerance the docs state (so slides done
-    # before these settings existed, or on another machine's "auto", still count).
+    # precision but int8 gives float32's masks to the tolerance the docs state (so slides
+    # done before these settings existed, or on another machine's "auto", still count).
+    # int8's masks differ more on other labs' slides: a run in int8 is a run of its own.
     for name in ("workers", "backend", "precision"):
         settings.pop(name)
+    if config.precision == "int8":
+        settings["precision"] = "int8"
     return {
         "model": _describe_model(model),
         "config": settings,
