@@ -59,6 +59,17 @@ def agreement(model: GlomUNet, images: list[np.ndarray]) -> dict[str, float]:
     return result
 
 
+def quantize_checked(
+    model: GlomUNet, training: list[np.ndarray], checked: list[np.ndarray], **options: int
+) -> bool:
+    """Quantize ``model`` and keep its int8 network only if :func:`agreement` passes."""
+    model.quantize_int8(training, **options)
+    if min(agreement(model, checked).values()) >= AGREEMENT:
+        return True
+    del model.__dict__["_int8"]  # not kept: save_pretrained then writes none
+    return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,10 +87,11 @@ def main() -> None:
     for name in args.model:
         model = GlomUNet.pretrained(name)
         begin = time.perf_counter()
-        model.quantize_int8(training, crops=args.crops, seed=args.seed)
-        print(f"{name}: quantized in {time.perf_counter() - begin:.0f} s", flush=True)
-        scores = agreement(model, list(checked))
-        if min(scores.values()) < AGREEMENT:
+        passed = quantize_checked(
+            model, list(training), list(checked), crops=args.crops, seed=args.seed
+        )
+        print(f"{name}: quantized and checked in {time.perf_counter() - begin:.0f} s")
+        if not passed:
             print(f"{name}: below {AGREEMENT} on a set, not written")
             failed.append(name)
         elif not args.dry_run:

@@ -59,7 +59,7 @@ from pathlib import Path
 import hubmap
 import numpy as np
 from bench_domains import SHIFTS, image_sets, score
-from build_int8 import AGREEMENT, agreement
+from build_int8 import AGREEMENT, quantize_checked
 from scipy import ndimage
 
 from glomseg import (
@@ -469,13 +469,11 @@ def main() -> None:
         sample = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
         drift = float(np.abs(model.predict(sample) - trained.predict(sample)).max())
         print(f"float16 weights change probabilities by at most {drift:.2e}")
-        # The int8 network OpenVINO predicts with by default, made and checked as
-        # build_int8.py does (before anything below measures the default path).
-        model.quantize_int8(images)
+        # The int8 network PredictConfig(precision="int8") runs, made and checked as
+        # build_int8.py does; save_pretrained below writes it only if it passed.
         checked = load_training_images(data.train[::3], downsample=1)[0]
-        if min(agreement(model, list(checked)).values()) < AGREEMENT:
+        if not quantize_checked(model, images, list(checked)):
             print(f"int8 masks agree with float32's below {AGREEMENT}: no int8 network")
-            del model.__dict__["_int8"]
         confidence, scores = choose_confidence(model, images, masks)
         print(f"region confidence {confidence:g}; training-image Dice by confidence: {scores}")
         model.set_min_confidence(confidence or None)

@@ -256,7 +256,10 @@ class CompiledPredictor:
         """The model's stain normaliser, or None."""
         return self._model.stain_normalizer
 
-    def __call__(self, images: NDArray[Any], /) -> NDArray[np.float32]:
+    def __call__(
+        self, images: NDArray[Any], /, *, batch_size: int | None = None
+    ) -> NDArray[np.float32]:
+        """Probabilities of ``images``, run ``batch_size`` at a time (default: all at once)."""
         batch = self._model.preprocess(images)
         size = self._model.config.input_size
         if batch.shape[1:3] != (size, size):
@@ -264,10 +267,18 @@ class CompiledPredictor:
                 f"images must be {size} x {size} (the model's input_size), "
                 f"got {batch.shape[1]} x {batch.shape[2]}"
             )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not len(batch):
             return np.zeros((0, size, size), dtype=np.float32)
-        out = np.asarray(self._run(np.ascontiguousarray(batch)))
-        return np.asarray(out.reshape(batch.shape[:3]), dtype=np.float32)
+        step = batch_size or len(batch)
+        parts = [
+            np.asarray(self._run(np.ascontiguousarray(batch[i : i + step])))
+            for i in range(0, len(batch), step)
+        ]
+        return np.asarray(np.concatenate(parts).reshape(batch.shape[:3]), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"CompiledPredictor(backend={self.backend!r}, precision={self.precision!r})"

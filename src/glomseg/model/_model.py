@@ -561,20 +561,9 @@ class GlomUNet:
         TypeError
             If the dtype is neither uint8 nor float.
         """
-        batch = self.preprocess(images)
-        size = self._config.input_size
-        if batch.shape[1:3] != (size, size):
-            raise ValueError(
-                f"images must be {size} x {size} (the model's input_size), "
-                f"got {batch.shape[1]} x {batch.shape[2]}"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not len(batch):
-            return np.zeros((0, size, size), dtype=np.float32)
-        run = self.compiled("tensorflow", "float32")._run
-        parts = [run(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
-        return np.asarray(np.concatenate(parts), dtype=np.float32)[..., 0]
+        if batch_size is None:  # the predictor would take None as "all at once"
+            raise ValueError("batch_size must be an integer >= 1, got None")
+        return self.compiled("tensorflow", "float32")(np.asarray(images), batch_size=batch_size)
 
     def __call__(self, images: ArrayLike) -> NDArray[np.float32]:
         """Same as :meth:`predict`, so a model can serve as a stitching predictor."""
