@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import threading
 from pathlib import Path
@@ -184,6 +185,47 @@ def test_a_compiled_model_is_cached_and_follows_new_weights(model, tile):
     finally:
         network.set_weights(saved)
     np.testing.assert_allclose(model.compiled("openvino", "float32")(batch), before, atol=1e-6)
+
+
+@needs_tf
+def test_bfloat16_needs_no_encoder_weights_file(tmp_path):
+    from glomseg import GlomUNet
+    from glomseg.model._tf import import_tf
+
+    small = GlomUNet(backbone="resnet18", input_size=64, encoder_weights=None, seed=0)
+    # As GlomUNet.load leaves a model trained from an encoder file that is gone since: its
+    # configuration names the file, its weights are all in the network.
+    small._config = dataclasses.replace(small.config, encoder_weights=str(tmp_path / "gone.h5"))
+    batch = np.full((2, 64, 64, 3), 128, dtype=np.uint8)
+    probs = small.compiled("tensorflow", "bfloat16")(batch)
+    # Its own weights, in bfloat16 (an untrained network's few near-zero logits may flip).
+    assert np.abs(probs - small.predict(batch)).mean() < 0.02
+    _, keras, _ = import_tf()
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@needs_tf
+def test_threads_sharing_a_model_compile_it_once():
+    from glomseg import GlomUNet
+    from glomseg.model._tf import import_tf
+
+    small = GlomUNet(backbone="resnet18", input_size=64, encoder_weights=None, seed=0)
+    barrier = threading.Barrier(3)
+    got: list[object] = []
+
+    def compile_() -> None:
+        barrier.wait()
+        got.append(small.compiled("tensorflow", "bfloat16"))
+
+    threads = [threading.Thread(target=compile_) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 3
+    assert all(p is got[0] for p in got)  # one network built, not one a thread
+    _, keras, _ = import_tf()
+    assert keras.mixed_precision.global_policy().name == "float32"  # left as it was
 
 
 @needs_tf

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +132,26 @@ def test_new_weights_make_the_int8_network_stale(tile):
     np.testing.assert_allclose(model.compiled("openvino", "int8")(batch), before, atol=1e-6)
 
 
+@needs_tf_openvino
+def test_a_refused_int8_request_leaves_nothing_on_disk(small_float_model, monkeypatch, tmp_path):
+    from glomseg import predict_slide
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(BackendError, match="no int8 network"):
+        predict_slide(SAMPLE, small_float_model, config=PredictConfig(precision="int8"))
+    assert not list(tmp_path.iterdir())  # no temporary mask folder left behind
+
+
 # -- quantizing a model of one's own ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_float_model():
+    if not (HAS_TF and HAS_OPENVINO):
+        pytest.skip("needs the tf and openvino extras")
+    from glomseg import GlomUNet
+
+    return GlomUNet(backbone="resnet18", input_size=64, encoder_weights=None, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +195,11 @@ def test_a_quantized_model_round_trips_through_its_folder(small_model, tile, tmp
         pixel_size_um=0.98,
         input_size=64,
     )
+    # A network of weights that float16 storage rounds would not fit the loaded model: the
+    # folder is written without it, and a warning says how to keep one.
+    with pytest.warns(UserWarning, match="int8 network is not saved"):
+        save_pretrained(small_model, tmp_path / "tiny", card)
+    assert not any(p.name.startswith("int8") for p in (tmp_path / "tiny").iterdir())
     # The network must describe the float16-rounded weights a folder stores: round first.
     for weight in small_model.keras_model.weights:
         weight.assign(weight.numpy().astype(np.float16).astype(np.float32))
@@ -184,6 +212,10 @@ def test_a_quantized_model_round_trips_through_its_folder(small_model, tile, tmp
     loaded = load_pretrained("tiny", directory=tmp_path)
     again = loaded.compiled("openvino", "int8")
     np.testing.assert_allclose(again(batch), expected, atol=1e-6)
+
+    # Quantized again (other crops), the model predicts with the new network, not a cached one.
+    loaded.quantize_int8(images, crops=8, seed=2)
+    assert loaded.compiled("openvino", "int8") is not again
 
     # Saved again after training, the folder loses its stale network rather than keep it.
     weight = next(w for w in loaded.keras_model.weights if np.any(w.numpy()))
@@ -206,7 +238,13 @@ def test_save_int8_leaves_no_description_when_writing_fails(tmp_path):
 
     if not HAS_OPENVINO:
         pytest.skip("needs the openvino extra")
+    # What a writer killed mid-save left: its scratch folder, named for a process now ended.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    killed = tmp_path / f".int8.xml.{socket.gethostname()}-{child.pid}.0123abcd.partial"
+    killed.mkdir()
+    (killed / "int8.bin").write_bytes(b"half")
     with pytest.raises(OSError, match="No space left"):
         save_int8(tmp_path, Broken())  # type: ignore[arg-type]
     assert read_int8(tmp_path) is None  # never an old description beside new files
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # nor this save's scratch files, nor the killed one's

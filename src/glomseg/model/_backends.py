@@ -35,6 +35,7 @@ training has changed them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import itertools
@@ -289,10 +290,21 @@ def cached_predictor(model: Any, backend: str, precision: str) -> CompiledPredic
 
     The cache lives in the model's ``__dict__`` (``_compiled``), one predictor
     per resolved backend and precision, stamped with the weights' fingerprint
-    when the predictor holds a copy of them. Where ``"auto"`` chose OpenVINO and
+    when the predictor holds a copy of them (and, in int8, with the int8 network
+    it was compiled from: quantizing again compiles again). Where ``"auto"`` chose OpenVINO and
     it cannot compile the network, TensorFlow is used (and remembered for these
-    weights) with a warning.
+    weights) with a warning. Threads that share a model wait for one another here,
+    so a network is compiled once, and the process-wide Keras dtype policy that
+    a bfloat16 build sets for a moment is never seen by another build.
     """
+    with _COMPILING:
+        return _cached_predictor(model, backend, precision)
+
+
+_COMPILING = threading.RLock()
+
+
+def _cached_predictor(model: Any, backend: str, precision: str) -> CompiledPredictor:
     from glomseg.model._tf import import_tf
 
     tf, _, _ = import_tf()
@@ -303,18 +315,20 @@ def cached_predictor(model: Any, backend: str, precision: str) -> CompiledPredic
     stamp = None if int8 is None else model._fingerprint()
     int8_ready = int8 is not None and int8.fingerprint == stamp
     backend, precision = resolve_backend(backend, precision, gpu=gpu, int8=int8_ready)
-    cache: dict[tuple[str, str], tuple[Any, CompiledPredictor]] = state.setdefault("_compiled", {})
+    cache: dict[tuple[str, str], tuple[Any, CompiledPredictor, Any]]
+    cache = state.setdefault("_compiled", {})
     if (backend, precision) == ("tensorflow", "float32"):
         stamp = None  # runs the Keras network itself, whatever its weights
     elif stamp is None:  # the others hold a copy of the weights
         stamp = model._fingerprint()
+    source = int8 if int8_ready else None  # int8 compiles a copy of this network, too
     hit = cache.get((backend, precision))
-    if hit is not None and hit[0] == stamp:
+    if hit is not None and hit[0] == stamp and hit[2] is source:
         return hit[1]
     if chosen and state.get("_openvino_failed") == (precision, stamp):
         return cached_predictor(model, "tensorflow", precision)
     try:
-        predictor = compile_model(model, backend, precision, int8 if int8_ready else None)
+        predictor = compile_model(model, backend, precision, source)
     except BackendError as error:
         if not (chosen and backend == "openvino") or precision == "int8":
             raise
@@ -323,7 +337,7 @@ def cached_predictor(model: Any, backend: str, precision: str) -> CompiledPredic
         logger.warning("%s; predicting with TensorFlow instead", error)
         state["_openvino_failed"] = (precision, stamp)
         return cached_predictor(model, "tensorflow", precision)
-    cache[(backend, precision)] = (stamp, predictor)
+    cache[(backend, precision)] = (stamp, predictor, source)
     return predictor
 
 
@@ -344,9 +358,10 @@ def compile_model(model: Any, backend: str, precision: str, int8: Any = None) ->
         except BackendError:
             raise
         except Exception as error:  # OpenVINO's conversion and plugin errors have no common type
+            instead = "precision='float32'" if precision == "int8" else "backend='tensorflow'"
             raise BackendError(
                 f"OpenVINO could not compile the model ({type(error).__name__}: {error}); "
-                "use backend='tensorflow'"
+                f"use {instead}"
             ) from error
         return CompiledPredictor(model, backend, precision, run)
     return CompiledPredictor(model, backend, precision, _tensorflow_run(model, precision))
@@ -377,8 +392,8 @@ def _rebuilt(model: Any, keras: Any, policy: str) -> Any:
     """The model's network built again under a Keras dtype policy, with its weights."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
-    try:
-        network = type(model)._build(model.config)
+    try:  # the weights are copied below: the encoder's initial ones are never read
+        network = type(model)._build(dataclasses.replace(model.config, encoder_weights=None))
     finally:
         keras.mixed_precision.set_global_policy(previous)
     network.set_weights(model.keras_model.get_weights())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from glomseg.errors import BackendError, PretrainedWeightsError
-from glomseg.io._files import atomic_path, partial_path
+from glomseg.io._files import atomic_path, partial_path, remove_stale_partials
 
 __all__ = [
     "FLOAT_CONVOLUTIONS",
@@ -192,21 +193,23 @@ def quantize(
 def save_int8(folder: str | os.PathLike[str], int8: Int8Network) -> None:
     """Write ``int8`` into ``folder`` as ``int8.xml``, ``int8.bin`` and ``int8.json``.
 
-    Each file is written beside its name and renamed into place, ``int8.json``
-    last: a folder without it holds no int8 network.
+    The network is written into a temporary folder beside them (a killed
+    writer's is removed by the next save) and its files are renamed into place,
+    ``int8.json`` last: a folder without it holds no int8 network.
     """
     import openvino as ov
 
     target = Path(folder)
     (target / META).unlink(missing_ok=True)
-    xml = partial_path(target / XML).with_suffix(".xml")  # OpenVINO asks for .xml
+    remove_stale_partials(target / XML)
+    scratch = partial_path(target / XML)
+    scratch.mkdir()
     try:
-        ov.save_model(int8.load(), xml, compress_to_fp16=False)
-        os.replace(xml.with_suffix(".bin"), target / BIN)
-        os.replace(xml, target / XML)
+        ov.save_model(int8.load(), scratch / XML, compress_to_fp16=False)
+        os.replace(scratch / BIN, target / BIN)
+        os.replace(scratch / XML, target / XML)
     finally:
-        xml.unlink(missing_ok=True)
-        xml.with_suffix(".bin").unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     with atomic_path(target / META) as tmp:
         meta = {"fingerprint": list(int8.fingerprint), "float_convolutions": FLOAT_CONVOLUTIONS}
         tmp.write_text(json.dumps(meta) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,8 +278,10 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCa
     """Write a :class:`glomseg.GlomUNet` as a pretrained model folder: config, weights, card.
 
     With the model's int8 network too (:meth:`glomseg.GlomUNet.quantize_int8`),
-    if it has one for its current weights (float16 weights load as float32 again,
-    so the network must have been made from the float16-rounded weights).
+    if it has one for its current weights. The weights are stored as float16, so
+    the network is kept only if it was made from weights that float16 holds
+    exactly (a model loaded from such a folder); otherwise a warning says so and
+    the folder has none.
 
     Returns
     -------
@@ -288,12 +291,13 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCa
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     weights = model.keras_model.weights
-    arrays = {f"w{i:04d}": w.numpy().astype(np.float16) for i, w in enumerate(weights)}
-    for (key, array), weight in zip(arrays.items(), weights, strict=True):
+    values = [w.numpy() for w in weights]
+    arrays = {f"w{i:04d}": v.astype(np.float16) for i, v in enumerate(values)}
+    for (key, array), weight, value in zip(arrays.items(), weights, values, strict=True):
         if not np.isfinite(array).all():
             raise GlomsegError(
                 f"weight {weight.name} ({key}) does not fit float16: values up to "
-                f"{float(np.abs(weight.numpy()).max()):g}"
+                f"{float(np.abs(value).max()):g}"
             )
     names = np.array([w.name for w in weights])
     with atomic_path(folder / "weights.npz") as tmp, tmp.open("wb") as handle:
@@ -303,6 +307,20 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCa
     _write_json(folder / "config.json", model.config.to_dict())
     _write_json(folder / "card.json", card.to_dict())
     int8 = model.__dict__.get("_int8")
+    if int8 is not None and int8.fingerprint == model._fingerprint():
+        rounded = any(
+            not np.array_equal(a.astype(np.float32), v)
+            for a, v in zip(arrays.values(), values, strict=True)
+        )
+        if rounded:
+            warnings.warn(
+                f"{folder}: the model's int8 network is not saved: it was made from float32 "
+                "weights that the folder's float16 storage rounds, so it would not fit the "
+                "weights loaded from it. Load the folder (load_pretrained), quantize_int8 "
+                "that model and save it again.",
+                stacklevel=2,
+            )
+            int8 = None
     if int8 is not None and int8.fingerprint == model._fingerprint():
         save_int8(folder, int8)
     else:

@@ -215,10 +215,10 @@ def _predict(
         blending=cfg.blending,
     )
     stats = PredictionStats(tiles=math.prod(stitcher.grid_shape))
+    on_backend = _on_backend(predictor, cfg)  # may refuse: before anything is made on disk
+    model = _tile_model(on_backend, normalizer, cfg.tta)
     temporary = out is None
     target = Path(tempfile.mkdtemp(prefix="glomseg-")) / "mask.zarr" if out is None else Path(out)
-    on_backend = _on_backend(predictor, cfg)
-    model = _tile_model(on_backend, normalizer, cfg.tta)
     attributes = {
         "source": str(reader.path),
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
