@@ -1,7 +1,8 @@
 """CPU prediction per backend and precision: rates against the bare model, and masks.
 
     python benchmarks/bench_backends.py [--model pretrained] [--repeats 3]
-        [--skip-masks] [--slide-scale 4] [--json out/bench/backends.json]
+        [--skip-masks] [--min-confidence C] [--slide-scale 4]
+        [--json out/bench/backends.json]
 
 Everything runs in one process, on whatever cores the machine has, in this order:
 
@@ -16,9 +17,16 @@ Everything runs in one process, on whatever cores the machine has, in this order
    megapixels of model input (1536 x 1536) per second, best of ``--repeats``
    after one warm-up call; "in model" is the time inside the compiled predictor.
 2. **Masks.** Each backend's masks against the TensorFlow float32 masks (Dice,
-   pooled over pixels and the lowest per image) on the 44 HuBMAP validation
-   tiles and the 24 AIDPATH tiles, and each one's Dice against the truth (mean
-   per image / pooled).
+   pooled over pixels and the lowest per image; whole, and on the interior at
+   least ``MARGIN`` pixels from every edge) on the 44 HuBMAP validation tiles and
+   the 24 AIDPATH tiles, and each one's Dice against the truth (mean per image /
+   pooled). For scale, the same for TensorFlow float32 itself on each image
+   framed ``FRAME`` pixels off (its first rows and columns cut, so the grid and
+   the resampling fall elsewhere on the tissue), on the interior of the common
+   area: how far float32 masks move when nothing but the framing does.
+   ``--min-confidence 0`` turns the region filter off for the masks (every
+   thresholded region kept), to see how much of a difference is whole regions
+   whose mean probability lies near the model's cutoff.
 3. **A slide.** :func:`glomseg.predict_slide` with every default on a tiled
    TIFF of 31299 x 44066 / ``--slide-scale`` per side, real tissue on its left
    third and glass elsewhere, per backend; the minutes are extrapolated to the
@@ -57,6 +65,10 @@ from glomseg.model._backends import cpu_bfloat16, openvino_available
 
 SIDE = 3072
 SLIDE_SHAPE = (31299, 44066)
+#: Full-resolution pixels cut from the top and left of each image for the framing row.
+FRAME = 16
+#: Full-resolution pixels left out at every edge for the interior Dice.
+MARGIN = 96
 
 
 def has_int8(model: GlomUNet) -> bool:
@@ -173,7 +185,9 @@ def rates(model: GlomUNet, image: np.ndarray, repeats: int, native: bool) -> dic
     return out
 
 
-def masks(model: GlomUNet, validation: list[Any], native: bool) -> dict[str, Any]:
+def masks(
+    model: GlomUNet, validation: list[Any], native: bool, min_confidence: float | None = None
+) -> dict[str, Any]:
     images, truths = load_training_images(validation, downsample=1)
     _, a_images, a_truths = bench_domains.aidpath()
     sets = {
@@ -184,7 +198,9 @@ def masks(model: GlomUNet, validation: list[Any], native: bool) -> dict[str, Any
     reference: dict[str, list[np.ndarray]] = {}
     for backend, precision in backends(native, False, has_int8(model)):
         key = f"{backend}/{precision}"
-        config = PredictConfig(tta=False, backend=backend, precision=precision)
+        config = PredictConfig(
+            tta=False, backend=backend, precision=precision, min_confidence=min_confidence
+        )
         out[key] = {}
         for name, (imgs, truth, px) in sets.items():
             begin = time.perf_counter()
@@ -195,9 +211,36 @@ def masks(model: GlomUNet, validation: list[Any], native: bool) -> dict[str, Any
                 reference[name] = predicted
             else:
                 row["against float32"] = _dice(predicted, reference[name])
+                row["against float32, interior"] = _dice(
+                    [_interior(m) for m in predicted], [_interior(m) for m in reference[name]]
+                )
             out[key][name] = row
             print(f"{key:22s} {name:18s} {row}", flush=True)
+    key = f"tensorflow/float32 framed {FRAME} px off"
+    config = PredictConfig(
+        tta=False, backend="tensorflow", precision="float32", min_confidence=min_confidence
+    )
+    out[key] = {}
+    for name, (imgs, _, px) in sets.items():
+        framed = [
+            predict_image(
+                np.ascontiguousarray(i[FRAME:, FRAME:]), model, pixel_size_um=px, config=config
+            )
+            for i in imgs
+        ]
+        row = {
+            "against float32, interior": _dice(
+                [_interior(m) for m in framed],
+                [_interior(m[FRAME:, FRAME:]) for m in reference[name]],
+            )
+        }
+        out[key][name] = row
+        print(f"{key:22s} {name:18s} {row}", flush=True)
     return out
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    return mask[MARGIN:-MARGIN, MARGIN:-MARGIN]
 
 
 def _dice(masks: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
@@ -281,6 +324,12 @@ def main() -> None:
     parser.add_argument("--tiles", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-masks", action="store_true")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="the region filter's cutoff for the masks (0: off); default the model's",
+    )
     parser.add_argument("--slide-scale", type=int, default=4, help="0: no slide")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -300,7 +349,7 @@ def main() -> None:
     results: dict[str, Any] = {"cores": os.cpu_count(), "native bfloat16": native}
     results["rates"] = rates(model, tissue_image(data.validation), args.repeats, native)
     if not args.skip_masks:
-        results["masks"] = masks(model, data.validation, native)
+        results["masks"] = masks(model, data.validation, native, args.min_confidence)
     if args.slide_scale:
         results["slide"] = slide(model, data.validation, args.slide_scale, native)
     if args.json is not None:
