@@ -1,7 +1,7 @@
 """Cross-lab quality: one model on HuBMAP validation, synthetic stain shifts and AIDPATH.
 
     python benchmarks/bench_domains.py [--model pretrained|PATH.h5 ...] [--tta]
-        [--normalise none reinhard] [--json out/bench/domains.json]
+        [--normalise none reinhard] [--stride 0 128 ...] [--json out/bench/domains.json]
 
 For each model and each prediction-time stain setting, :func:`glomseg.predict_image`
 (every other option at its default, the pixel size given) predicts whole images
@@ -29,11 +29,15 @@ pixels:
 Prediction-time stain settings (``--normalise``): ``none`` (raw colours) and
 ``reinhard`` (each tile mapped to the training images' L*a*b* statistics, from the
 model card's ``stain_reference``, or the pretrained model's when the model has no card).
+``--stride`` compares grids: each step in model pixels (0, the default: a quarter
+overlap) is scored for each model and stain setting. A denser grid averages each
+pixel over more framings of it, at the cost of more tiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -163,6 +167,13 @@ def main() -> None:
     parser.add_argument("--tiles", type=Path, default=None)
     parser.add_argument("--tta", action="store_true", help="flip TTA (default: off)")
     parser.add_argument(
+        "--stride",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="grid steps in model pixels to compare (0: the default, a quarter overlap)",
+    )
+    parser.add_argument(
         "--normalise", nargs="+", choices=("none", "reinhard"), default=["none", "reinhard"]
     )
     parser.add_argument("--limit", type=int, default=None, help="images per set (a quick check)")
@@ -176,17 +187,17 @@ def main() -> None:
     aidpath_names = aidpath()[0][: args.limit]
     reference = GlomUNet.pretrained().card
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    config = PredictConfig(tta=args.tta)
     for spec in args.model:
         model = load(spec)
         card = model.card or reference
-        for normalise in args.normalise:
+        for normalise, stride in itertools.product(args.normalise, args.stride):
             model.set_stain_normalizer(
                 normalizer_from_dict(card.stain_reference["reinhard"])
                 if normalise == "reinhard"
                 else None
             )
-            key = f"{spec} | {normalise}"
+            config = PredictConfig(tta=args.tta, stride=stride or None)
+            key = f"{spec} | {normalise}" + (f" | stride {stride}" if stride else "")
             results[key] = {}
             for name, (imgs, masks, pixel_size) in sets.items():
                 begin = time.perf_counter()
