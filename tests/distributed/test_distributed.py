@@ -205,12 +205,56 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(slides, tmp_path)
     paths = [slides[3].path]
     predict_slides(paths, purple_model, tmp_path, config=CONFIG, progress=False)
     other = PredictConfig(tile_size=64, downsample=2, chunk_size=128, threshold=0.7)
-    with pytest.raises(ValueError, match=r"another model or settings.*slide3"):
+    with pytest.raises(ValueError, match=r"another model, other settings.*slide3"):
         predict_slides(paths, purple_model, tmp_path, config=other, progress=False)
     report = predict_slides(
         paths, purple_model, tmp_path, config=other, overwrite=True, progress=False
     )
     assert list(report.done) == ["slide3"]
+
+
+def test_another_file_under_a_done_slide_id_is_not_taken_for_it(slides, tmp_path):
+    slide = tmp_path / "s.tif"
+    slide.write_bytes(slides[2].path.read_bytes())
+    out = tmp_path / "out"
+    predict_slides([slide], purple_model, out, config=CONFIG, progress=False)
+    slide.write_bytes(slides[3].path.read_bytes())  # rescanned: same id, other pixels
+    with pytest.raises(ValueError, match=r"another file of the same slide id \(s\)"):
+        predict_slides([slide], purple_model, out, config=CONFIG, progress=False)
+    report = predict_slides(
+        [slide], purple_model, out, config=CONFIG, overwrite=True, progress=False
+    )
+    assert list(report.done) == ["s"]
+
+
+def test_a_redone_slide_loses_its_earlier_ome_tiff(slides, tmp_path):
+    paths = [slides[3].path]
+    predict_slides(paths, purple_model, tmp_path, config=CONFIG, ome_tiff=True, progress=False)
+    assert (tmp_path / "slide3.ome.tif").is_file()
+    other = replace(CONFIG, threshold=0.7)
+    predict_slides(paths, purple_model, tmp_path, config=other, overwrite=True, progress=False)
+    assert not (tmp_path / "slide3.ome.tif").exists()  # it was the other run's mask
+
+
+def test_model_sources_that_may_differ_are_described_apart(tmp_path):
+    from glomseg.distributed._distributed import _describe_model
+
+    def loader(name):
+        return lambda: name  # stands for GlomUNet.load(name)
+
+    first, second = (lambda: "v1.h5"), (lambda: "v2.h5")
+    assert _describe_model(first) != _describe_model(second)  # both "<lambda>" by name
+    assert _describe_model(loader("a")) != _describe_model(loader("b"))  # closures
+    assert _describe_model(purple_model) == _describe_model(purple_model)  # stable
+    saved = tmp_path / "model.h5"
+    saved.write_bytes(b"weights 1")
+    before = _describe_model(saved)
+    assert before == _describe_model(str(saved))
+    saved.write_bytes(b"weights 2, trained longer")  # saved again over the same path
+    assert _describe_model(saved) != before
+    assert _describe_model(functools.partial(loader, saved)) != _describe_model(
+        functools.partial(loader, tmp_path / "other.h5")
+    )
 
 
 def test_done_key_leaves_out_how_fast_but_not_what():

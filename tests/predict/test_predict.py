@@ -426,6 +426,49 @@ def test_a_failing_predictor_leaves_the_old_output_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr", "s.tif"]
 
 
+def test_a_predictor_that_reuses_its_output_buffer_gives_the_same_mask(tmp_path):
+    image = np.random.default_rng(1).integers(0, 256, (120, 100, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / "s.tif", image)
+    config = PredictConfig(
+        tile_size=16, stride=12, downsample=1, batch_size=2, skip_background=False
+    )
+    buffer = np.empty((2, 16, 16), dtype=np.float32)
+
+    def in_place(batch: np.ndarray) -> np.ndarray:  # as an engine with bound output does
+        out = buffer[: len(batch)]
+        out[...] = batch[..., 0] / np.float32(255)
+        return out
+
+    expected = predict_slide(path, red, tmp_path / "a.zarr", config=config, progress=False)
+    got = predict_slide(path, in_place, tmp_path / "b.zarr", config=config, progress=False)
+    np.testing.assert_array_equal(got.read(), expected.read())
+
+
+def test_the_slide_pixel_size_is_recorded_when_the_config_sets_the_scale(tmp_path):
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(
+        path,
+        image,
+        tile=(16, 16),
+        photometric="rgb",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
+    config = PredictConfig(tile_size=16, downsample=2, skip_background=False)
+    mask = predict_slide(path, red, tmp_path / "m.zarr", config=config, progress=False)
+    assert mask.attributes["pixel_size_um"] == pytest.approx(0.5)
+    given = predict_slide(
+        path,
+        red,
+        tmp_path / "n.zarr",
+        config=config,
+        pixel_size_um=np.float32(0.5),
+        progress=False,
+    )  # a numpy number is stored as a plain one
+    assert given.attributes["pixel_size_um"] == pytest.approx(0.5)
+
+
 def test_a_failed_run_removes_its_temporary_output_folder(tmp_path, monkeypatch):
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     path = write_tiff(tmp_path / "s.tif", image)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
+import hashlib
 import inspect
 import json
 import logging
@@ -68,7 +69,7 @@ Status = Literal["done", "skipped", "failed"]
 #: Characters a slide id may not hold: it names files and a submission row.
 _BAD_ID = re.compile(r'[\\/,"\r\n\x00]')
 #: Version of the ``<id>.done.json`` record.
-_RECORD_VERSION = 1
+_RECORD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -195,17 +196,82 @@ def _slide_ids(
 
 
 def _describe_model(model: object) -> str:
-    """A stable description of a :data:`ModelSource`, recorded with each slide's output."""
+    """A stable description of a :data:`ModelSource`, recorded with each slide's output.
+
+    Two sources that may give different models are described differently: a
+    file by its path, size and modification time (a model saved again over it
+    is another model); a function by its name and a digest of its code, its
+    defaults, the values its closure holds and the plain values (strings,
+    numbers, paths) of the globals it names, files among them by their size and
+    time too. Each process also keeps its loaded models under this description.
+    """
     if isinstance(model, str | os.PathLike):
         path = Path(model)
-        return f"file:{path.resolve()}" if path.exists() else f"pretrained:{model}"
+        return _describe_value(path) if path.exists() else f"pretrained:{model}"
     if isinstance(model, functools.partial):
         args = ", ".join(
-            [repr(a) for a in model.args] + [f"{k}={v!r}" for k, v in model.keywords.items()]
+            [_describe_value(a) for a in model.args]
+            + [f"{k}={_describe_value(v)}" for k, v in model.keywords.items()]
         )
         return f"partial({_describe_model(model.func)}, {args})"
     name = getattr(model, "__qualname__", None) or type(model).__qualname__
-    return f"{getattr(model, '__module__', '?')}.{name}"
+    described = f"{getattr(model, '__module__', '?')}.{name}"
+    if inspect.isfunction(model):
+        parts: list[str] = []
+        _code_parts(model.__code__, model.__globals__, parts)
+        parts += [_describe_value(d) for d in model.__defaults__ or ()]
+        parts += [_describe_value(_cell(c)) for c in model.__closure__ or ()]
+        described += f" [{_digest(parts)}]"
+    elif not inspect.isbuiltin(model) and not isinstance(model, type):
+        described += f" {_describe_value(model)}"  # a callable object: its state's repr
+    return described
+
+
+#: Memory addresses in reprs: they differ from process to process.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+#: The globals a model function names whose values count in its description.
+_PLAIN = (str, bytes, int, float, os.PathLike)
+
+
+def _describe_value(value: object, depth: int = 0) -> str:
+    """A value a model source depends on: a file by path, size and time, else its repr."""
+    if isinstance(value, str | os.PathLike):
+        try:
+            path = Path(value)
+            if path.is_file():
+                stat = path.stat()
+                return f"file:{path.resolve()} ({stat.st_size} bytes, {stat.st_mtime_ns} ns)"
+        except (OSError, ValueError):  # not a path this system can name
+            pass
+    if inspect.isfunction(value) and depth < 3:
+        parts: list[str] = []
+        _code_parts(value.__code__, value.__globals__, parts, depth + 1)
+        return f"{value.__qualname__}[{_digest(parts)}]"
+    return _ADDRESS.sub("", repr(value))
+
+
+def _code_parts(code: Any, names: Mapping[str, Any], parts: list[str], depth: int = 0) -> None:
+    parts.append(code.co_code.hex())
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _code_parts(const, names, parts, depth)
+        else:
+            parts.append(_describe_value(const, depth))
+    for name in code.co_names:
+        value = names.get(name)
+        if isinstance(value, _PLAIN) and not isinstance(value, bool):
+            parts.append(f"{name}={_describe_value(value, depth)}")
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _cell(cell: Any) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return None
 
 
 def _check_model_source(model: object) -> None:
@@ -360,6 +426,8 @@ def _is_done(
     record = _read_record(done)
     if record is None or not (mask.is_dir() and rle.is_file()):
         return False
+    if record.get("version") != _RECORD_VERSION:  # an older record says less: redo the slide
+        return False
     if record.get("key") != json.loads(json.dumps(key)):
         return None
     return not ome_tiff or _ome_path(out_dir, slide_id).is_file()
@@ -395,6 +463,7 @@ def _predict_one(
     try:
         _remove_partials(out_dir, slide_id)
         done_path.unlink(missing_ok=True)  # a slide redone is not done until it is
+        _ome_path(out_dir, slide_id).unlink(missing_ok=True)  # nor is an earlier run's OME-TIFF
         predictor = _load_model(model)
         mask = predict_slide(
             slide,
@@ -559,17 +628,20 @@ def predict_slides(
     todo: dict[str, tuple[Any, ...]] = {}
     other = []
     for slide_id, path in paths.items():
-        state = _is_done(out, slide_id, key, ome_tiff=ome_tiff)
+        slide_key = {**key, "slide": _describe_value(path)}
+        state = _is_done(out, slide_id, slide_key, ome_tiff=ome_tiff)
         if state is None and not overwrite:
             other.append(slide_id)
         elif state:
             mask, rle, _ = _outputs(out, slide_id)
             outcomes[slide_id] = SlideOutcome(slide_id, "skipped", mask=mask, rle=rle)
         else:
-            todo[slide_id] = (slide_id, path, model, out, cfg, pixel_size_um, stain, key, ome_tiff)
+            args = (slide_id, path, model, out, cfg, pixel_size_um, stain, slide_key, ome_tiff)
+            todo[slide_id] = args
     if other:
         raise ValueError(
-            f"{out} holds slides done with another model or settings ({', '.join(other[:5])}"
+            f"{out} holds slides done with another model, other settings or another file "
+            f"of the same slide id ({', '.join(other[:5])}"
             f"{', ...' if len(other) > 5 else ''}); pass overwrite=True to redo them, or "
             "use another folder"
         )

@@ -8,11 +8,14 @@ writes a full-resolution :class:`SlideMask`:
    glomeruli have the size the model learned.
 1. A reader thread reads the slide band by band of rows at the prediction
    resolution (``downsample``, whole or fractional: each prediction pixel is
-   the area average of its footprint), each full-resolution pixel decoded
-   about once, and cuts the bands into overlapping tiles of a regular grid. Tiles with no tissue
-   (no pixel whose HSV saturation exceeds ``saturation_threshold``, the rule of
-   :func:`glomseg.tiles.tile_stats`) are marked as background and never reach the
-   predictor. Tiles wait in a bounded queue, so reading runs ahead of the
+   the area average of its footprint, at full resolution or in the nearest
+   pyramid level at or below the downsample where the slide has one), each
+   pixel decoded about once, and cuts the bands into overlapping tiles of a
+   regular grid. Tiles with no tissue (no pixel whose HSV saturation exceeds
+   ``saturation_threshold`` or, unless ``dark_threshold`` is None, whose
+   darkest channel is at most ``dark_threshold``: see
+   :func:`glomseg.io.tissue_pixels`) are marked as background and never reach
+   the predictor. Tiles wait in a bounded queue, so reading runs ahead of the
    predictor.
 2. The calling thread only batches tiles and calls the predictor (after the
    model's stain normaliser, optionally with flip test-time augmentation), so
@@ -201,7 +204,7 @@ def _predict(
     from tqdm import tqdm
 
     wall = time.perf_counter()
-    if pixel_size_um is None and cfg.downsample is None:
+    if pixel_size_um is None:  # recorded with the mask even where the config sets the scale
         pixel_size_um = reader.pixel_size_um
     tile_size, ds = resolve_scale(predictor, pixel_size_um, config=cfg)
     confidence = _min_confidence(predictor, cfg)
@@ -223,7 +226,7 @@ def _predict(
         "source": str(reader.path),
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "downsample": ds,
-        "pixel_size_um": pixel_size_um,
+        "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
         "backend": getattr(on_backend, "backend", None),
         "precision": getattr(on_backend, "precision", None),
     }
@@ -244,9 +247,9 @@ def _predict(
             tile_reader = _TileReader(reader, stitcher, cfg, tiles, slots, stop, stats)
             writer = _MaskWriter(store, stitcher, cfg, full_shape, stats)
             bar = tqdm(total=stats.tiles, unit="tile", disable=not progress, desc="predict")
-            tile_reader.start()
-            writer.start()
             try:
+                tile_reader.start()
+                writer.start()
                 _drive(model, stitcher, cfg, tiles, slots, tile_reader, writer, stats, bar)
                 writer.send(_END)
                 writer.join()
@@ -255,16 +258,17 @@ def _predict(
             finally:
                 stop.set()
                 bar.close()
-                tile_reader.join()
+                if tile_reader.ident is not None:  # started
+                    tile_reader.join()
                 if writer.is_alive():
                     writer.abort.set()
                     writer.join()
+        mask = SlideMask(target)
     except BaseException:
         if temporary:  # the folder made above for the mask
             shutil.rmtree(target.parent, ignore_errors=True)
         raise
     stats.wall_s = time.perf_counter() - wall
-    mask = SlideMask(target)
     mask._stats = stats
     if temporary:
         mask._finalizer = weakref.finalize(mask, shutil.rmtree, target.parent, True)
@@ -298,7 +302,10 @@ def _drive(
             return
         begin = time.perf_counter()
         images = np.stack([image for _, _, image in batch])
-        probs = check_probabilities(model(images), len(batch), (t, t))
+        raw = model(images)
+        probs = check_probabilities(raw, len(batch), (t, t))
+        if isinstance(raw, np.ndarray) and np.may_share_memory(probs, raw):
+            probs = probs.copy()  # the writer blends it later: the predictor may reuse its buffer
         stats.predict_s += time.perf_counter() - begin
         begin = time.perf_counter()
         writer.send(([(i, j) for i, j, _ in batch], probs))

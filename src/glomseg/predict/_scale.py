@@ -13,6 +13,10 @@ average of full-resolution ``[i * downsample, (i + 1) * downsample)`` along each
 axis (pixels past the edge count as white glass), and full-resolution pixel
 ``r`` takes the prediction of pixel ``floor((r + 0.5) / downsample)``, the
 pixel-centre rule. For a whole factor that is a block mean and a block repeat.
+One exception: :func:`glomseg.predict_slide` reads a slide that has pyramid
+levels at or below the downsample from the nearest such level (which its scanner
+made from full resolution) and averages that level, so its mask there can differ
+slightly from :func:`predict_image`'s on the full-resolution pixels.
 """
 
 from __future__ import annotations
@@ -306,7 +310,9 @@ def predict_image(
     scale rules (:func:`resolve_scale`), resampling (exact area average to the
     prediction grid, pixel-centre rule back), grid, blending, background
     skipping, stain normalisation and TTA: on the same pixels it gives the same
-    mask, pixel for pixel. Built on :func:`glomseg.sliding_window_predict`.
+    mask, pixel for pixel (where ``predict_slide`` reads full resolution, not a
+    pyramid level; see the module notes). Built on
+    :func:`glomseg.sliding_window_predict`.
 
     Parameters
     ----------
