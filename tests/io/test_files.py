@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import glomseg.io._files as files_module
 from glomseg.io._files import (
     atomic_path,
     partial_path,
@@ -14,6 +15,9 @@ from glomseg.io._files import (
     remove_stale_partials_in,
     write_bytes_atomic,
 )
+
+#: Where Linux states a process's umask.
+STATUS = "/proc/self/status"
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -42,6 +46,38 @@ def test_new_file_gets_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_read_only_file_is_replaced_and_stays_read_only(tmp_path, monkeypatch):
+    target = tmp_path / "frozen.json"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o444)
+    modes = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        modes.append(os.fstat(fd).st_mode & 0o777)
+        fsync(fd)
+
+    monkeypatch.setattr(files_module.os, "fsync", recording_fsync)
+    write_bytes_atomic(target, b"new")
+    # Synced while its owner may still open it for writing (root may anyway: the mode is
+    # what a non-root user's write depends on), and given the target's mode after.
+    assert modes == [0o600]
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.skipif(not os.path.isfile(STATUS), reason="reads /proc (Linux)")
+def test_writers_never_set_the_umask_to_learn_it(tmp_path, monkeypatch):
+    def no_umask(mask: int) -> int:
+        raise AssertionError("os.umask changes the umask of every thread while it is read")
+
+    monkeypatch.setattr(files_module.os, "umask", no_umask)
+    with open(STATUS, encoding="ascii") as status:
+        umask = int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    write_bytes_atomic(tmp_path / "new", b"x")
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def _ended_pid() -> int:

@@ -369,6 +369,14 @@ def test_not_an_image(tmp_path):
         SlideReader(path)
 
 
+def test_a_plain_image_too_large_to_decode_whole_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10000 pixels: over twice the limit
+    with pytest.raises(SlideReadError, match=r"huge\.png: too large to decode whole.*tiled TIFF"):
+        SlideReader(path)
+
+
 def test_truncated_file(tmp_path):
     slide = write_synthetic_slide(tmp_path / "t.tif", (200, 200), tile=64, compression="lzw")
     data = slide.path.read_bytes()

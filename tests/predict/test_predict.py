@@ -402,6 +402,23 @@ def test_tissue_rule_matches_tile_stats():
 
 
 # -- failures leave nothing behind -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"saturation_threshold": 258}, ValueError, r"saturation_threshold must be in \[0, 255\]"),
+        ({"saturation_threshold": -1}, ValueError, "saturation_threshold must be in"),
+        ({"saturation_threshold": 40.5}, TypeError, "saturation_threshold must be an integer"),
+        ({"dark_threshold": 300}, ValueError, r"dark_threshold must be in \[0, 255\], got 300"),
+    ],
+)
+def test_tissue_thresholds_out_of_range_are_refused(kwargs, error, message):
+    glass = np.full((4, 4, 3), 240, dtype=np.uint8)
+    with pytest.raises(error, match=message):  # 258 wrapped in uint16 and took glass for tissue
+        tissue_pixels(glass, **kwargs)
+    with pytest.raises(ValueError, match=r"image must be uint8 RGB \(\.\.\., 3\)"):
+        tissue_pixels(glass.astype(np.float32))
+
+
 def test_a_failing_predictor_leaves_the_old_output_intact(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (100, 90, 3), dtype=np.uint8)
     path = write_tiff(tmp_path / "s.tif", image)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,9 +96,21 @@ def remove_stale_partials_in(folder: Path) -> list[Path]:
     return _remove_stale(folder, ".")
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
+    """The mode of a new file: ``0o666`` less the process's umask."""
+    try:  # Linux states it; reading it changes nothing
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere it is read by setting it: never two threads at once
+        umask = os.umask(0o077)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -126,10 +139,10 @@ def atomic_path(path: str | os.PathLike[str], *, clean: bool = False) -> Iterato
     try:
         tmp.touch(mode=0o600, exist_ok=False)
         yield tmp
+        with tmp.open("rb+") as handle:  # before the mode, which may forbid opening it
+            os.fsync(handle.fileno())
         mode = target.stat().st_mode & 0o777 if target.exists() else _default_mode()
         os.chmod(tmp, mode)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -281,6 +281,8 @@ class SlideReader:
             with Image.open(self._path) as image:
                 width, height = image.size
                 mode = image.mode
+        except Image.DecompressionBombError as exc:
+            raise SlideReadError(_too_large(self._path, exc)) from exc
         except (UnidentifiedImageError, OSError) as exc:
             raise SlideReadError(f"{self._path}: not a readable image file ({exc})") from exc
         self._levels = [Level(height, width, 1.0, (), _RGB8)]
@@ -782,6 +784,17 @@ class SlideReader:
                             self._image = np.asarray(image.convert("RGBA" if alpha else "RGB"))
                 except SlideReadError:
                     raise
+                except Image.DecompressionBombError as exc:
+                    raise SlideReadError(_too_large(self._path, exc)) from exc
                 except (OSError, ValueError) as exc:
                     raise SlideReadError(f"{self._path}: cannot decode image ({exc})") from exc
             return self._image
+
+
+def _too_large(path: Path, error: Exception) -> str:
+    """What to say of a plain image larger than Pillow agrees to decode whole."""
+    return (
+        f"{path}: too large to decode whole as a plain image ({error}); store the slide "
+        "as a tiled TIFF, which is read window by window (or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file and have the memory)"
+    )

@@ -17,6 +17,14 @@ __all__ = ["tissue_pixels"]
 PADDING_LEVEL = 32
 
 
+def _level(name: str, value: object) -> None:
+    """Raise unless ``value`` is an integer grey level in ``[0, 255]``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer in [0, 255], got {value!r}")
+    if not 0 <= value <= 255:
+        raise ValueError(f"{name} must be in [0, 255], got {value}")
+
+
 def tissue_pixels(
     image: NDArray[np.uint8], *, saturation_threshold: int = 40, dark_threshold: int | None = None
 ) -> NDArray[np.bool_]:
@@ -42,7 +50,19 @@ def tissue_pixels(
     array([[0, 0, 0, 0]])
     >>> tissue_pixels(glass_grey_pale_black, dark_threshold=215).astype(int)
     array([[0, 1, 1, 0]])
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``image`` is not ``uint8`` with 3 channels last, or a threshold is
+        not an integer in ``[0, 255]`` (the message names it).
     """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[-1:] != (3,):
+        got = f"{image.dtype} of shape {image.shape}" if isinstance(image, np.ndarray) else image
+        raise ValueError(f"image must be uint8 RGB (..., 3), got {got!r}")
+    _level("saturation_threshold", saturation_threshold)
+    if dark_threshold is not None:
+        _level("dark_threshold", dark_threshold)
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     high = np.maximum(np.maximum(r, g), b)
     low = np.minimum(np.minimum(r, g), b)
