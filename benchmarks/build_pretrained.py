@@ -81,7 +81,8 @@ from glomseg.model import (
     normalizer_from_dict,
     resolve_backend,
 )
-from glomseg.model._pretrained import DEFAULT_MODEL, ModelCard, load_pretrained, save_pretrained
+from glomseg.model._model import load_pretrained
+from glomseg.model._pretrained import DEFAULT_MODEL, ModelCard, save_pretrained
 from glomseg.predict._objects import filter_objects
 from glomseg.predict._scale import MAX_OBJECT_TILES
 

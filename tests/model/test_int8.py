@@ -175,7 +175,8 @@ def test_quantize_int8_checks_its_input(small_model):
 
 @needs_nncf
 def test_a_quantized_model_round_trips_through_its_folder(small_model, tile, tmp_path):
-    from glomseg.model._pretrained import ModelCard, load_pretrained, save_pretrained
+    from glomseg.model._model import load_pretrained
+    from glomseg.model._pretrained import ModelCard, save_pretrained
 
     images = [tile[:300, :300], tile[300:600, 200:700]]
     small_model.quantize_int8(images, crops=8, seed=1)

@@ -16,7 +16,8 @@ import pytest
 from glomseg import GlomUNet, SlideReader, dice_coefficient, evaluate_slide, predict_image
 from glomseg.errors import PretrainedWeightsError
 from glomseg.model import ModelCard, available_models
-from glomseg.model._pretrained import MODELS_DIR, load_pretrained, save_pretrained
+from glomseg.model._model import load_pretrained
+from glomseg.model._pretrained import MODELS_DIR, save_pretrained
 
 ROOT = Path(__file__).parents[2]
 SAMPLE = ROOT / "examples" / "data" / "sample"

@@ -48,12 +48,12 @@ from glomseg.model._model import (
     GlomUNet,
     ModelConfig,
     ScheduleName,
+    load_pretrained,
 )
 from glomseg.model._pretrained import (
     ModelCard,
     PretrainedFiles,
     available_models,
-    load_pretrained,
     read_pretrained,
 )
 from glomseg.model._recipe import TrainingRecipe

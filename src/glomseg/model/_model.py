@@ -61,7 +61,7 @@ from glomseg.model._persist import (
     read_config,
     write_model_file,
 )
-from glomseg.model._pretrained import ModelCard, load_pretrained
+from glomseg.model._pretrained import ModelCard, read_pretrained
 from glomseg.model._tf import import_tf as _import_tf
 from glomseg.model._weights import load_encoder_weights, no_downloads
 
@@ -759,3 +759,47 @@ class GlomUNet:
             f"GlomUNet(backbone={c.backbone!r}, input_size={c.input_size}, "
             f"encoder_weights={c.encoder_weights!r}, loss={c.loss!r})"
         )
+
+
+def load_pretrained(
+    name: str | None = None, *, directory: str | os.PathLike[str] | None = None
+) -> GlomUNet:
+    """Load a pretrained model by name, offline (see :meth:`GlomUNet.pretrained`).
+
+    Parameters
+    ----------
+    name : str, optional
+        The model's name; default ``"glomeruli-pas"``.
+    directory : path, optional
+        The folder holding the models' folders; default those shipped in the package.
+
+    Raises
+    ------
+    ValueError
+        If no model of that name exists; the message lists those that do.
+    PretrainedWeightsError
+        If the model's files are missing, corrupt or do not fit its configuration.
+    """
+    files = read_pretrained(name, directory=directory)
+    try:
+        config = ModelConfig.from_dict(files.config)
+    except (ValueError, TypeError) as error:
+        raise PretrainedWeightsError(
+            f"{files.folder}: not a valid pretrained model ({error})"
+        ) from None
+    model = GlomUNet.from_config(config)
+    path = files.folder / "weights.npz"
+    weights = model.keras_model.weights
+    expected = [(w.name, tuple(w.shape)) for w in weights]
+    got = [(n, tuple(a.shape)) for n, a in zip(files.names, files.arrays, strict=False)]
+    if len(got) != len(expected) or any(g[1] != e[1] for g, e in zip(got, expected, strict=True)):
+        raise PretrainedWeightsError(
+            f"{path}: its {len(got)} arrays do not fit the {len(expected)} weights of "
+            f"the model its config.json describes"
+        )
+    for weight, array in zip(weights, files.arrays, strict=True):
+        weight.assign(array.astype(np.float32))
+    model._card = files.card
+    if files.int8 is not None:
+        model.__dict__["_int8"] = files.int8
+    return model

@@ -1,4 +1,4 @@
-"""Models shipped inside the package, usable offline: :class:`ModelCard`, loading and saving.
+"""Glomerulus models shipped inside the package, usable offline: :class:`ModelCard` and loading.
 
 A pretrained model is a folder of package data, ``glomseg/model/pretrained/<name>/``:
 
@@ -11,9 +11,8 @@ A pretrained model is a folder of package data, ``glomseg/model/pretrained/<name
 - ``card.json``: its :class:`ModelCard`: training data and licence, recipe,
   validation Dice on whole images it never saw, speed and known limits.
 
-Nothing is ever downloaded. :func:`load_pretrained` builds a model from such a
-folder and :func:`save_pretrained` writes one (``benchmarks/build_pretrained.py``
-builds the shipped ones from the data).
+Nothing is ever downloaded. :func:`save_pretrained` writes such a folder
+(``benchmarks/build_pretrained.py`` builds the shipped one from the data).
 """
 
 from __future__ import annotations
@@ -24,18 +23,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from glomseg.errors import GlomsegError, PretrainedWeightsError
 from glomseg.io._files import atomic_path
-from glomseg.model._config import ModelConfig
 from glomseg.model._int8 import Int8Network, read_int8, remove_int8, save_int8
-
-if TYPE_CHECKING:
-    from glomseg.model._model import GlomUNet
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -43,7 +38,6 @@ __all__ = [
     "ModelCard",
     "PretrainedFiles",
     "available_models",
-    "load_pretrained",
     "read_pretrained",
     "save_pretrained",
 ]
@@ -226,52 +220,6 @@ def read_pretrained(
     except (OSError, KeyError, ValueError) as error:
         raise PretrainedWeightsError(f"{path}: cannot read the weights ({error})") from None
     return PretrainedFiles(folder, config, card, names_stored, arrays, read_int8(folder))
-
-
-def load_pretrained(
-    name: str | None = None, *, directory: str | os.PathLike[str] | None = None
-) -> GlomUNet:
-    """Load a pretrained model by name, offline (see :meth:`GlomUNet.pretrained`).
-
-    Parameters
-    ----------
-    name : str, optional
-        The model's name; default ``"glomeruli-pas"``.
-    directory : path, optional
-        The folder holding the models' folders; default those shipped in the package.
-
-    Raises
-    ------
-    ValueError
-        If no model of that name exists; the message lists those that do.
-    PretrainedWeightsError
-        If the model's files are missing, corrupt or do not fit its configuration.
-    """
-    files = read_pretrained(name, directory=directory)
-    try:
-        config = ModelConfig.from_dict(files.config)
-    except (ValueError, TypeError) as error:
-        raise PretrainedWeightsError(
-            f"{files.folder}: not a valid pretrained model ({error})"
-        ) from None
-    from glomseg.model._model import GlomUNet as Model  # _model imports this module
-
-    model = Model.from_config(config)
-    path = files.folder / "weights.npz"
-    weights = model.keras_model.weights
-    expected = [(w.name, tuple(w.shape)) for w in weights]
-    got = [(n, tuple(a.shape)) for n, a in zip(files.names, files.arrays, strict=False)]
-    if len(got) != len(expected) or any(g[1] != e[1] for g, e in zip(got, expected, strict=True)):
-        raise PretrainedWeightsError(
-            f"{path}: its {len(got)} arrays do not fit the {len(expected)} weights of "
-            f"the model its config.json describes"
-        )
-    for weight, array in zip(weights, files.arrays, strict=True):
-        weight.assign(array.astype(np.float32))
-    model._card = files.card
-    if files.int8 is not None:
-        model.__dict__["_int8"] = files.int8
-    return model
 
 
 def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCard) -> Path:
