@@ -81,6 +81,11 @@ def _resolution_size(page: Any, per_unit: float | None) -> tuple[float | None, f
     return (sizes[0], sizes[1])
 
 
+def _incomplete(found: tuple[str, float | None, float | None] | None) -> bool:
+    """Whether a source gave no pixel size, or one of its two axes only."""
+    return found is None or found[1] is None or found[2] is None
+
+
 def find_pixel_size(tif: tifffile.TiffFile, page: Any, path: Path) -> float | None:
     """The full-resolution pixel size in µm of ``page``, the first page of ``tif``, or ``None``.
 
@@ -90,16 +95,22 @@ def find_pixel_size(tif: tifffile.TiffFile, page: Any, path: Path) -> float | No
     found: tuple[str, float | None, float | None] | None = None
     if tif.is_ome and tif.ome_metadata:
         found = ("OME-XML", *_ome_pixel_size(tif.ome_metadata))
-    if (found is None or found[1] is None) and str(page.description).startswith("Aperio"):
+    ome = found
+    if _incomplete(found) and str(page.description).startswith("Aperio"):
         match = re.search(r"\bMPP\s*=\s*([-+0-9.eE]+)", page.description)
         if match:
             mpp = _finite_float(match.group(1))
             found = ("Aperio MPP", mpp, mpp)
-    if (found is None or found[1] is None) and tif.is_imagej:
+    if _incomplete(found) and tif.is_imagej:
         unit = str((tif.imagej_metadata or {}).get("unit", "")).strip()
         if unit in ("um", "micron", "microns", "\u00b5m", "\\u00B5m"):
             found = ("ImageJ", *_resolution_size(page, 1.0))
-    if found is None or found[1] is None:
+    if _incomplete(found) and ome is not None:
+        side = ome[2] if ome[1] is None else ome[1]
+        if side is not None:  # OME-XML states one side only: square pixels, as scanners make
+            logger.info("%s: OME-XML states one pixel side, %g um: square pixels", path, side)
+            found = ("OME-XML", side, side)
+    if found is None or _incomplete(found):
         unit_tag = page.tags.get("ResolutionUnit")
         code = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
         per_unit = {2: 25400.0, 3: 10000.0}.get(code)
