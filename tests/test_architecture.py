@@ -145,7 +145,8 @@ def test_old_synthetic_module_warns_and_works() -> None:
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    import glomseg.synthetic as old\n"
         "import glomseg.io.synthetic as new\n"
-        "print(old.write_synthetic_slide is new.write_synthetic_slide, "
+        "print(old.write_synthetic_slide is new.write_synthetic_slide "
+        "and old.make_glomeruli is new.make_glomeruli, "
         "[str(w.message) for w in caught if w.category is DeprecationWarning])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import warnings
 
 from glomseg.io.synthetic import *  # noqa: F403
-from glomseg.io.synthetic import __all__  # noqa: F401
+from glomseg.io.synthetic import (  # noqa: F401  (module-level names that imported before)
+    __all__,
+    annotation_features,
+    make_glomeruli,
+)
 
 warnings.warn(
     "glomseg.synthetic has moved to glomseg.io.synthetic; the old module will be removed in "

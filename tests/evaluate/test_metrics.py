@@ -144,3 +144,19 @@ def test_mean_dice_refuses_a_single_image_taken_for_a_batch() -> None:
         mean_dice(mask, mask)
     batch = np.zeros((2, 4, 5), dtype=bool)
     assert mean_dice(batch, batch) == 1.0
+
+
+def test_truth_wholly_outside_the_prediction_is_an_error_not_ignored():
+    from shapely.geometry import box
+
+    from glomseg.evaluate._evaluate import evaluate_slide
+
+    half = np.zeros((10, 10), dtype=bool)  # say, a mask at half the slide's resolution
+    with pytest.raises(
+        ValueError,
+        match=r"1 of 2 truth polygons lie wholly outside the "
+        r"prediction of shape \(10, 10\)",
+    ):
+        evaluate_slide(half, [box(1, 1, 3, 3), box(14, 12, 18, 16)])
+    poking = evaluate_slide(half, [box(1, 1, 3, 3), box(7, 7, 12, 12)])  # past the edge: fine
+    assert poking.truth == 9 + 9

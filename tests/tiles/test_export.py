@@ -233,6 +233,31 @@ def test_polygons_outside_the_slide_are_an_error(synthetic, tmp_path):
     assert summary.tiles == 9 * 11
 
 
+def test_allowed_outside_polygons_are_clipped_to_the_slide(tmp_path):
+    import tifffile
+
+    from glomseg import write_annotations
+
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(slide, np.full((120, 150, 3), 200, np.uint8), photometric="rgb")
+    polygons = tmp_path / "s.json"
+    write_annotations(polygons, [box(120, 20, 180, 60)])  # x 120-180 on a 150-px-wide slide
+    out = tmp_path / "d"
+    export_tiles(
+        SlideSource("s", slide, polygons),
+        out,
+        tiler=Tiler(100, edge="pad"),
+        progress=False,
+        allow_outside=True,
+    )
+    edge = next(r for r in read_manifest(out) if (r["row"], r["col"]) == ("0", "100"))
+    mask = np.asarray(Image.open(out / edge["mask"]))  # columns 100-199; the slide ends at 150
+    assert mask[20:60, 20:50].all()  # inside the slide: the polygon
+    assert not mask[:, 50:].any()  # past its edge: white fill, never glomerulus
+    # rows 20-60 (centres on the edge count) by slide columns 120-149
+    assert float(edge["coverage"]) == pytest.approx(41 * 30 / 100**2)
+
+
 def test_bad_arguments(synthetic, tmp_path):
     sources = _sources(synthetic)
     with pytest.raises(DatasetError, match="repeated: s0"):
@@ -344,3 +369,22 @@ def test_a_bad_stain_normaliser_is_reported(synthetic, tmp_path):
             _sources(synthetic[:1]), tmp_path / "d", tiler=Tiler(100), stain_normalizer=object()
         )
     assert not (tmp_path / "d").exists()
+
+
+def test_a_journal_row_without_a_verdict_is_not_taken_as_finished(synthetic, tmp_path):
+    from glomseg.tiles._export import _read_journal
+
+    out = tmp_path / "d"
+    export_tiles(_sources(synthetic[:1]), out, tiler=Tiler(100), progress=False)
+    path = out / ".journal.csv"
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    first = (rows[0]["slide"], int(rows[0]["grid_row"]), int(rows[0]["grid_col"]))
+    assert first in _read_journal(out)
+    for verdict in ("", "01"):  # a torn or garbled record: "" and "01" are in "01"
+        rows[0]["kept"] = verdict
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        assert first not in _read_journal(out)

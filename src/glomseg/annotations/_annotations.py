@@ -39,6 +39,7 @@ anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -73,6 +74,7 @@ __all__ = [
     "PolygonalGeometry",
     "annotations_outside",
     "as_polygonal",
+    "clip_to_slide",
     "parse_annotations",
     "read_annotations",
     "write_annotations",
@@ -324,6 +326,46 @@ def _outside_slide(geometry: PolygonalGeometry, slide_shape: tuple[int, int]) ->
     minx, miny, maxx, maxy = geometry.bounds
     height, width = slide_shape
     return bool(minx < 0 or miny < 0 or maxx > width or maxy > height)
+
+
+def clip_to_slide(
+    annotations: Iterable[Annotation], slide_shape: tuple[int, int]
+) -> list[Annotation]:
+    """The annotations cut to the pixels of a slide of ``slide_shape``; those beyond it dropped.
+
+    Pixel ``(row, col)`` has its centre at GeoJSON ``(x, y) = (col, row)`` (the
+    rule of :class:`~glomseg.annotations.MaskRasterizer`), so the slide's pixel
+    centres span ``-0.5 <= x <= width - 0.5`` and likewise in ``y``: each
+    annotation is cut to that rectangle, and one that reaches past it no
+    longer marks a pixel outside the slide (a padded tile's fill). Annotations
+    within it are returned as they are.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> inside, across, beyond = (Annotation(box(*b)) for b in
+    ...     [(0, 0, 10, 10), (5, 5, 30, 12), (40, 40, 50, 50)])
+    >>> [a.geometry.bounds for a in clip_to_slide([inside, across, beyond], (20, 20))]
+    [(0.0, 0.0, 10.0, 10.0), (5.0, 5.0, 19.5, 12.0)]
+    """
+    height, width = _check_slide_shape(slide_shape)
+    limits = (-0.5, -0.5, width - 0.5, height - 0.5)
+    frame = shapely.box(*limits)
+    kept = []
+    for annotation in annotations:
+        minx, miny, maxx, maxy = annotation.geometry.bounds
+        if minx >= limits[0] and miny >= limits[1] and maxx <= limits[2] and maxy <= limits[3]:
+            kept.append(annotation)
+            continue
+        cut = annotation.geometry.intersection(frame)
+        parts = [g for g in getattr(cut, "geoms", [cut]) if isinstance(g, Polygon | MultiPolygon)]
+        parts = [part for part in parts if not part.is_empty]
+        if not parts:
+            continue  # wholly outside, or touching it along an edge
+        area = shapely.union_all(parts)
+        geometry = area if isinstance(area, Polygon | MultiPolygon) else MultiPolygon(parts)
+        kept.append(dataclasses.replace(annotation, geometry=geometry))
+    return kept
 
 
 def _check_slide_shape(slide_shape: object) -> tuple[int, int]:

@@ -144,6 +144,12 @@ def evaluate_slide(
     -------
     SlideDice
 
+    Raises
+    ------
+    ValueError
+        If a truth polygon lies wholly outside the prediction (a mask of another
+        slide, or not at full resolution): its glomeruli would count for nothing.
+
     Examples
     --------
     >>> import numpy as np
@@ -158,6 +164,18 @@ def evaluate_slide(
     side = _positive_int("window", window)
     threads = default_workers() if workers is None else _positive_int("workers", workers)
     h, w = _mask_shape(mask)
+    beyond = [
+        i
+        for i, g in enumerate(rasterizer.geometries)
+        if g.bounds[0] >= w or g.bounds[1] >= h  # wholly right of or below the mask
+    ]
+    if beyond:
+        raise ValueError(
+            f"{len(beyond)} of {len(rasterizer)} truth polygons lie wholly outside the "
+            f"prediction of shape {(h, w)} (first: polygon {beyond[0]}, bounds "
+            f"{tuple(round(b, 1) for b in rasterizer.geometries[beyond[0]].bounds)}): is the "
+            "mask at full resolution and of this slide?"
+        )
     windows = [
         Window.from_bounds(r, c, min(r + side, h), min(c + side, w))
         for r in range(0, h, side)

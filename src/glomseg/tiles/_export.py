@@ -33,7 +33,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from glomseg.annotations._annotations import annotations_outside, read_annotations
+from glomseg.annotations._annotations import (
+    annotations_outside,
+    clip_to_slide,
+    read_annotations,
+)
 from glomseg.annotations._rasterize import MaskRasterizer
 from glomseg.errors import DatasetError, look_up_option
 from glomseg.io._files import remove_stale_partials_in, write_bytes_atomic
@@ -490,7 +494,7 @@ def _read_journal(out: Path) -> dict[tuple[str, int, int], dict[str, str]]:
             raw.truncate(data.rfind(b"\n") + 1)
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            if None in row or any(v is None for v in row.values()) or row["kept"] not in "01":
+            if None in row or any(v is None for v in row.values()) or row["kept"] not in ("0", "1"):
                 continue
             try:
                 key = (row["slide"], int(row["grid_row"]), int(row["grid_col"]))
@@ -616,6 +620,8 @@ def _open_slide(job: _Job, source: SlideSource) -> tuple[SlideReader, MaskRaster
     )
     with SlideReader(source.slide, cache_bytes=0) as probe:
         cache = _cache_for(probe.shape, probe.segment_shape, job.tiler)
+        # allow_outside: no mask past the slide's edge, where a padded tile's image is fill.
+        annotations = clip_to_slide(annotations, probe.shape)
     return SlideReader(source.slide, cache_bytes=cache), MaskRasterizer(annotations)
 
 
