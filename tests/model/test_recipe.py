@@ -97,6 +97,9 @@ def test_cosine_schedule_warms_up_and_decays() -> None:
     assert at[2] == pytest.approx(1e-3)
     assert at[2] > at[3] > at[4]
     assert at[4] == pytest.approx(1e-5, rel=1e-3)
+    model.fit(data, epochs=1, steps_per_epoch=2, patience=None)  # constant after cosine
+    rate = model.keras_model.optimizer._learning_rate
+    assert float(rate) == pytest.approx(1e-3)  # the config's rate, not the schedule's 1 % end
     with pytest.raises(ValueError, match="needs steps_per_epoch"):
         model.fit(data, epochs=1, schedule="cosine")
     with pytest.raises(ValueError, match="schedule must be one of"):

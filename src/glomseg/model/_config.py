@@ -204,3 +204,15 @@ def _write_config(config: ModelConfig, path: Path) -> None:
     text = json.dumps(config.to_dict(), indent=2) + "\n"
     with atomic_path(_config_path(path), clean=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def stain_dict(stain: Any) -> dict[str, Any] | None:
+    """A stain normaliser (or its ``to_dict()``) as a plain dict for :attr:`ModelConfig.stain`."""
+    if stain is None or isinstance(stain, Mapping):
+        return None if stain is None else dict(stain)
+    to_dict = getattr(stain, "to_dict", None)
+    if not callable(to_dict):
+        raise TypeError(
+            f"stain must be None, a stain normaliser or its to_dict(), got {type(stain).__name__}"
+        )
+    return dict(to_dict())

@@ -36,7 +36,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -51,9 +51,10 @@ from glomseg.model._config import (
     _parse_config,
     _read_config,
     _write_config,
+    stain_dict,
 )
-from glomseg.model._losses import LossName, custom_objects, dice_metric, loss_function
-from glomseg.model._optim import cosine_schedule, ema_callback
+from glomseg.model._losses import LossName, custom_objects
+from glomseg.model._optim import compile_for_training, cosine_schedule, ema_callback
 from glomseg.model._persist import (
     checkpoint_callback,
     load_optimizer_state,
@@ -77,27 +78,6 @@ _Preprocess = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 
 # --------------------------------------------------------------------------- training
-
-
-def _stain_dict(stain: Any) -> dict[str, Any] | None:
-    """A stain normaliser (or its ``to_dict()``) as a plain dict, or None."""
-    if stain is None or isinstance(stain, Mapping):
-        return None if stain is None else dict(stain)
-    to_dict = getattr(stain, "to_dict", None)
-    if not callable(to_dict):
-        raise TypeError(
-            f"stain must be None, a stain normaliser or its to_dict(), got {type(stain).__name__}"
-        )
-    return dict(to_dict())
-
-
-def _compile(keras: Any, model: Any, config: ModelConfig, learning_rate: Any) -> None:
-    """Compile with Adam at ``learning_rate`` (a number or a schedule), the loss and Dice."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=loss_function(config.loss),
-        metrics=[dice_metric],
-    )
 
 
 # --------------------------------------------------------------------------- model
@@ -178,7 +158,7 @@ class GlomUNet:
             decoder_filters=tuple(decoder_filters),
             pixel_size_um=pixel_size_um,
             downsample=downsample,
-            stain=_stain_dict(stain),
+            stain=stain_dict(stain),
             min_confidence=min_confidence,
         )
         self._config = config
@@ -281,7 +261,7 @@ class GlomUNet:
                     model.output
                 )
                 model = keras.Model(model.input, output, name=model.name)
-            _compile(keras, model, config, config.learning_rate)
+            compile_for_training(keras, model, config.loss, config.learning_rate)
         finally:
             keras.mixed_precision.set_global_policy(previous)
         return model
@@ -332,7 +312,7 @@ class GlomUNet:
         normalizer : ReinhardNormalizer, MacenkoNormalizer, dict or None
             The normaliser, or its ``to_dict()``.
         """
-        self._config = dataclasses.replace(self._config, stain=_stain_dict(normalizer))
+        self._config = dataclasses.replace(self._config, stain=stain_dict(normalizer))
 
     def set_min_confidence(self, value: float | None) -> None:
         """Store the region confidence prediction applies by default (None: keep all regions).
@@ -455,8 +435,10 @@ class GlomUNet:
             The learning rate: constant at ``config.learning_rate``, or a linear
             warm-up over ``warmup_steps`` from 1 % of it, then a cosine decay to
             1 % of it at the last of ``epochs * steps_per_epoch`` steps (which
-            ``"cosine"`` needs). Each call starts the schedule, and the
-            optimizer, afresh.
+            ``"cosine"`` needs). A cosine call starts the schedule and the
+            optimizer afresh, and so does a constant call after a cosine one or
+            with ``learning_rate``; otherwise a constant call goes on with the
+            optimizer's state (as :meth:`load` restores it).
         warmup_steps : int
             Steps of linear warm-up of the cosine schedule, >= 0.
         ema : float or None
@@ -498,9 +480,12 @@ class GlomUNet:
                 raise ValueError("schedule='cosine' needs steps_per_epoch (its length in steps)")
             total = epochs * steps_per_epoch
             rate = cosine_schedule(keras, float(peak), total, warmup_steps)
-            _compile(keras, self._model, self._config, rate)
-        elif learning_rate is not None:
-            _compile(keras, self._model, self._config, float(peak))
+            compile_for_training(keras, self._model, self._config.loss, rate)
+        elif learning_rate is not None or isinstance(
+            getattr(self._model.optimizer, "_learning_rate", None),
+            keras.optimizers.schedules.LearningRateSchedule,
+        ):  # a schedule's step count runs on past its end, at 1 % of the peak
+            compile_for_training(keras, self._model, self._config.loss, float(peak))
         monitor = "val_dice_metric" if validation is not None else "dice_metric"
         all_callbacks: list[Any] = []
         if ema is not None:  # first, so the callbacks after it see the average

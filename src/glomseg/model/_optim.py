@@ -1,6 +1,6 @@
-"""Optimisation pieces of :meth:`glomseg.GlomUNet.fit`: the cosine schedule and weight EMA.
+"""Optimisation pieces of :meth:`glomseg.GlomUNet.fit`: compiling, the cosine schedule, weight EMA.
 
-Both are built from the TensorFlow modules passed in, so this module imports
+All are built from the TensorFlow modules passed in, so this module imports
 nothing heavy itself.
 """
 
@@ -10,7 +10,18 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-__all__ = ["cosine_schedule", "ema_callback"]
+from glomseg.model._losses import LossName, dice_metric, loss_function
+
+__all__ = ["compile_for_training", "cosine_schedule", "ema_callback"]
+
+
+def compile_for_training(keras: Any, model: Any, loss: LossName, learning_rate: Any) -> None:
+    """Compile with Adam at ``learning_rate`` (a number or a schedule), the loss and Dice."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=loss_function(loss),
+        metrics=[dice_metric],
+    )
 
 
 def cosine_schedule(keras: Any, peak: float, total_steps: int, warmup_steps: int) -> Any:
