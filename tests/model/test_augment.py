@@ -319,3 +319,34 @@ def test_load_training_images_matches_reader_and_rasterizer() -> None:
     assert masks[0].any()
     with pytest.raises(DatasetError, match="needs its annotation file"):
         load_training_images([SlideSource.from_path(path, annotations=None)])
+
+
+def test_images_are_drawn_in_proportion_to_all_their_centres_not_the_subsample(monkeypatch):
+    import glomseg.model._sampling as sampling
+
+    monkeypatch.setattr(sampling, "_MAX_CENTRES", 100)  # as 200 000 is to a whole slide
+    rich, poor = np.zeros((100, 100), np.uint8), np.zeros((100, 100), np.uint8)
+    rich[:20] = 1  # 2000 glomerulus pixels, subsampled to 100
+    poor[:2] = 1  # 200
+    tissue = np.full((100, 100, 3), (200, 100, 150), np.uint8)
+    sampler = CropSampler([tissue, tissue], [rich, poor], region_size=16, seed=0)
+    rng = np.random.default_rng(0)
+    draws = [sampler._glom.draw(rng) for _ in range(4000)]
+    share = np.mean([image == 0 for image, _ in draws])
+    assert share == pytest.approx(2000 / 2200, abs=0.02)  # not 0.5
+    assert all((rich if image == 0 else poor).flat[flat] for image, flat in draws)
+
+
+def test_an_all_glass_sampler_keeps_few_centres(monkeypatch):
+    import glomseg.model._sampling as sampling
+
+    monkeypatch.setattr(sampling, "_MAX_CENTRES", 100)
+    glass = np.full((200, 200, 3), 245, np.uint8)
+    sampler = CropSampler(
+        [glass], [np.zeros((200, 200), np.uint8)], region_size=16, glomerulus_fraction=0
+    )
+    assert len(sampler._tissue.per_image[0]) == 100  # not every one of 40 000 pixels
+    assert sampler._tissue.total == 200 * 200
+    image, mask = sampler.sample(3)
+    assert image.shape == (16, 16, 3)
+    assert not mask.any()

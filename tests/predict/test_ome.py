@@ -160,7 +160,7 @@ def test_predict_slide_and_predict_slides_write_it_with_the_slide_pixel_size(
         pixel_size_um=0.25,
     )
     assert not (tmp_path / "out" / "s.ome.tif").exists()
-    with pytest.raises(ValueError, match="another model or settings"):  # never mixes two runs
+    with pytest.raises(ValueError, match="another model, other settings"):  # never mixes two runs
         predict_slides(
             [slide.path], _purple_factory, tmp_path / "out", config=config, ome_tiff=True
         )

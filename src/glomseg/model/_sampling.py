@@ -8,7 +8,9 @@ tiles) and their masks in memory, and draws crop ``i`` of a run from the seed an
 
 - with probability ``glomerulus_fraction`` the crop is centred on a glomerulus
   pixel drawn uniformly from all glomerulus pixels of all images (so large
-  glomeruli and glomerulus-rich images are seen in proportion to their area);
+  glomeruli and glomerulus-rich images are seen in proportion to their area; an
+  image with more than 200 000 is drawn in proportion to all of them and centred
+  on one of a uniform subsample of 200 000);
 - otherwise on a tissue pixel (HSV saturation above ``saturation_threshold``, the
   rule of :func:`glomseg.io.tissue_pixels`), so background crops show tissue, not
   glass.
@@ -113,8 +115,8 @@ class CropSampler:
         self.seed = seed
         self.images: list[NDArray[np.uint8]] = []
         self.masks: list[NDArray[np.uint8]] = []
-        glom: list[NDArray[np.int64]] = []
-        tissue: list[NDArray[np.int64]] = []
+        glom: list[tuple[NDArray[np.int64], int]] = []
+        tissue: list[tuple[NDArray[np.int64], int]] = []
         rng = np.random.default_rng([seed, 2**31])
         for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
             image = np.asarray(image)
@@ -133,13 +135,10 @@ class CropSampler:
                 if mask.dtype == np.bool_
                 else (mask != 0).astype(np.uint8)
             )
-            glom.append(_subsample(np.flatnonzero(mask), rng))
-            tissue.append(
-                _subsample(
-                    np.flatnonzero(tissue_pixels(image, saturation_threshold=saturation_threshold)),
-                    rng,
-                )
-            )
+            found = np.flatnonzero(mask)
+            glom.append((_subsample(found, rng), len(found)))
+            found = np.flatnonzero(tissue_pixels(image, saturation_threshold=saturation_threshold))
+            tissue.append((_subsample(found, rng), len(found)))
         self._glom = _Centres(glom)
         self._tissue = _Centres(tissue)
         if self._glom.total == 0 and self.glomerulus_fraction > 0:
@@ -147,7 +146,7 @@ class CropSampler:
                 "no image has a glomerulus pixel; use glomerulus_fraction=0 for background only"
             )
         if self._tissue.total == 0:  # all glass: centre anywhere
-            self._tissue = _Centres([np.arange(m.size, dtype=np.int64) for m in self.masks])
+            self._tissue = _Centres([(_anywhere(m.size, rng), m.size) for m in self.masks])
         logger.info(
             "crop sampler: %d images, %d glomerulus and %d tissue centres",
             len(self.images),
@@ -176,18 +175,32 @@ class CropSampler:
 
 
 class _Centres:
-    """Candidate centres (flat pixel indices) of several images, drawn uniformly over all."""
+    """Candidate centres (flat pixel indices) of several images, drawn uniformly over all.
 
-    def __init__(self, per_image: list[NDArray[np.int64]]) -> None:
-        self.per_image = per_image
-        self.cumulative = np.cumsum([len(c) for c in per_image])
+    Each image comes with its centres (at most :data:`_MAX_CENTRES`, a uniform
+    subsample) and how many it has in all: an image is drawn in proportion to
+    the latter, so a subsample does not make a large image rarer.
+    """
+
+    def __init__(self, per_image: list[tuple[NDArray[np.int64], int]]) -> None:
+        self.per_image = [centres for centres, _ in per_image]
+        self.counts = [count for _, count in per_image]
+        self.cumulative = np.cumsum(self.counts)
         self.total = int(self.cumulative[-1]) if len(self.cumulative) else 0
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int]:
         k = int(rng.integers(self.total))
         image = int(np.searchsorted(self.cumulative, k, side="right"))
         before = int(self.cumulative[image - 1]) if image else 0
-        return image, int(self.per_image[image][k - before])
+        centres = self.per_image[image]
+        return image, int(centres[(k - before) * len(centres) // self.counts[image]])
+
+
+def _anywhere(size: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """Up to :data:`_MAX_CENTRES` of ``range(size)``, without making the whole range."""
+    if size <= _MAX_CENTRES:
+        return np.arange(size, dtype=np.int64)
+    return np.sort(rng.choice(size, _MAX_CENTRES, replace=False)).astype(np.int64)
 
 
 def _subsample(indices: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.int64]:
