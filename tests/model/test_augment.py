@@ -93,6 +93,19 @@ def test_geometry_keeps_mask_aligned_with_image(seed: int, data_seed: int) -> No
 
 
 @needs_tf
+@pytest.mark.parametrize("side", [34, 35])
+def test_no_augmentation_cuts_the_crop_unchanged_from_any_region(side: int) -> None:
+    rng = np.random.default_rng(side)
+    image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    mask = np.zeros((side, side, 1), np.uint8)
+    mask[10, 5:9] = 1  # a 4-pixel run: a half-pixel shift blurred it to 3
+    out_image, out_mask = _augment(image, mask, 0, 32, Augmentation.none())
+    at = (side - 32) // 2
+    np.testing.assert_allclose(out_image, image[at : at + 32, at : at + 32] / 255, atol=1e-6)
+    np.testing.assert_array_equal(out_mask, mask[at : at + 32, at : at + 32])
+
+
+@needs_tf
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_flips_and_quarter_turns_move_whole_pixels(seed: int) -> None:

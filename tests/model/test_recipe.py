@@ -127,6 +127,9 @@ def test_recipe_fit_trains_an_existing_model_at_the_recipe_learning_rate() -> No
     assert model.config.learning_rate == 1e-3  # the model's own setting is kept
     with pytest.raises(ValueError, match="learning_rate must be a number > 0, got 0"):
         model.fit(None, epochs=1, learning_rate=0)
+    small = TrainingRecipe(crop_size=32, steps=2, batch_size=2)  # crops are cut at 64
+    with pytest.raises(ValueError, match="crop_size 32 is smaller than the model's input_size 64"):
+        small.fit(model, images, masks)
 
 
 @needs_tf

@@ -296,7 +296,7 @@ def _geometry(tf: Any, region: Any, crop_size: int, aug: Augmentation, seeds: An
     a0, a1 = zoom * cos_t * flip, -zoom * sin_t
     b0, b1 = zoom * sin_t * flip, zoom * cos_t
     c_out = (crop_size - 1) / 2.0
-    c_in = (side - 1.0) / 2.0
+    c_in = c_out + (side - crop_size) // 2  # a whole-pixel offset, even where side - crop is odd
     transform = tf.stack(
         [
             a0,

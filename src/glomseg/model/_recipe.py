@@ -219,6 +219,12 @@ class TrainingRecipe:
         """
         from glomseg.model._sampling import CropSampler, make_crop_dataset
 
+        if self.crop_size < model.config.input_size:
+            raise ValueError(
+                f"crop_size {self.crop_size} is smaller than the model's input_size "
+                f"{model.config.input_size}, the size training crops are cut at: use "
+                f"TrainingRecipe(crop_size={model.config.input_size}, ...)"
+            )
         per_epoch = self.steps if steps_per_epoch is None else steps_per_epoch
         _check_int("steps_per_epoch", per_epoch, 1)
         if self.steps % per_epoch:
