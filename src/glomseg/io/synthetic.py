@@ -346,7 +346,7 @@ def write_synthetic_slide(
     if glomeruli is None:
         glomeruli = make_glomeruli((height, width), seed=seed)
     if bigtiff is None:
-        bigtiff = height * width * channels * np_dtype.itemsize > 2**32 - 2**25
+        bigtiff = _needs_bigtiff((height, width), tile, levels, channels * np_dtype.itemsize)
 
     def pixels(window: Window, factor: int) -> NDArray[Any]:
         """Stored pixels ``(h, w, c)`` of a window of the level reduced by ``factor``."""
@@ -436,6 +436,20 @@ def write_synthetic_slide(
                         tw.write(data, shape=(lh, lw), metadata={}, **common)
         annotation_tmp.write_text(json.dumps(annotation_features(glomeruli), indent=1))
     return SyntheticSlide(path, annotation_path, (height, width), glomeruli, seed)
+
+
+def _needs_bigtiff(shape: tuple[int, int], tile: int | None, levels: int, pixel_bytes: int) -> bool:
+    """Whether every level, padded to whole tiles, nears a classic TIFF's 4 GiB.
+
+    >>> _needs_bigtiff((31299, 44066), 512, 1, 3), _needs_bigtiff((31299, 44066), 512, 2, 3)
+    (False, True)
+    """
+    step = tile or 1
+    stored = 0
+    for k in range(levels):
+        h, w = (math.ceil(side / 2**k) for side in shape)
+        stored += math.ceil(h / step) * step * math.ceil(w / step) * step
+    return stored * pixel_bytes > 2**32 - 2**25
 
 
 def _segments(
