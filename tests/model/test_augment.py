@@ -363,3 +363,18 @@ def test_an_all_glass_sampler_keeps_few_centres(monkeypatch):
     image, mask = sampler.sample(3)
     assert image.shape == (16, 16, 3)
     assert not mask.any()
+
+
+def test_a_negative_sampler_seed_is_refused_by_name():
+    image = np.full((32, 32, 3), (200, 100, 150), np.uint8)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        CropSampler([image], [np.ones((32, 32), np.uint8)], region_size=16, seed=-1)
+
+
+def test_a_config_with_a_broken_stain_is_refused_when_made():
+    from glomseg.model import ModelConfig
+
+    with pytest.raises(ValueError, match="stain is not a stain normaliser's to_dict"):
+        ModelConfig(stain={"method": "macenko"})  # no stain matrix
+    reinhard = {"method": "reinhard", "means": [50.0, 0.0, 0.0], "stds": [10.0, 5.0, 5.0]}
+    assert ModelConfig(stain=reinhard).stain == reinhard

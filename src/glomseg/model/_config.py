@@ -141,6 +141,13 @@ class ModelConfig:
             raise TypeError(
                 f"stain must be None or a dict (a normaliser's to_dict()), got {self.stain!r}"
             )
+        if self.stain is not None:  # checked now, not at the first prediction
+            from glomseg.model._stain import normalizer_from_dict
+
+            try:
+                normalizer_from_dict(self.stain)
+            except (TypeError, ValueError, KeyError) as error:
+                raise ValueError(f"stain is not a stain normaliser's to_dict(): {error}") from None
         confidence = self.min_confidence
         if confidence is not None and (
             isinstance(confidence, bool)

@@ -106,6 +106,8 @@ class CropSampler:
             raise ValueError(f"glomerulus_fraction must be in [0, 1], got {fraction!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an integer, got {seed!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         if len(images) != len(masks):
             raise DatasetError(f"got {len(images)} images but {len(masks)} masks")
         if not images:
