@@ -632,37 +632,28 @@ def test_pixel_size_from_each_kind_of_metadata(tmp_path, kwargs, expected):
         assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_ome_pixel_size_wins_over_resolution_tags(tmp_path):
+@pytest.mark.parametrize(
+    "sides",
+    [
+        {"PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3},
+        {"PhysicalSizeX": 0.3},  # one side only (it read as no size): square pixels
+    ],
+)
+def test_ome_pixel_size_wins_over_resolution_tags(tmp_path, sides):
     path = tmp_path / "s.ome.tif"
-    metadata = {"axes": "YXS", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3}
     tifffile.imwrite(
         path,
         RGB,
         photometric="rgb",
         ome=True,
-        metadata=metadata,
+        metadata={"axes": "YXS", **sides},
         resolution=(10000, 10000),
         resolutionunit="CENTIMETER",
     )
     assert _pixel_size(path) == pytest.approx(0.3)
-
-
-def test_ome_with_one_pixel_side_gives_square_pixels(tmp_path):
-    only_x = {"axes": "YXS", "PhysicalSizeX": 0.3}  # no PhysicalSizeY: it read as no size
-    alone = tmp_path / "a.ome.tif"
-    tifffile.imwrite(alone, RGB, photometric="rgb", ome=True, metadata=only_x)
+    alone = tmp_path / "a.ome.tif"  # and without the tags
+    tifffile.imwrite(alone, RGB, photometric="rgb", ome=True, metadata={"axes": "YXS", **sides})
     assert _pixel_size(alone) == pytest.approx(0.3)
-    tagged = tmp_path / "t.ome.tif"
-    tifffile.imwrite(
-        tagged,
-        RGB,
-        photometric="rgb",
-        ome=True,
-        metadata=only_x,
-        resolution=(20000, 20000),
-        resolutionunit="CENTIMETER",
-    )
-    assert _pixel_size(tagged) == pytest.approx(0.3)  # the scanner's side before plain tags
 
 
 def test_anisotropic_pixels_warn_and_give_the_mean(tmp_path):
