@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from skimage import color
@@ -113,7 +113,12 @@ def test_reinhard_output_has_the_target_statistics(mean_l, mean_ab, stds):
     source = real_tile("107", step=8)
     normalizer = ReinhardNormalizer(means=(mean_l, *mean_ab), stds=stds)
     out = normalizer.transform(source)
-    lab = skimage_lab(out)[tissue_pixels(source).reshape(-1)]  # the pixels the stats came from
+    tissue = tissue_pixels(source).reshape(-1)  # the pixels the stats came from
+    # Bright and saturated at once (L 61 +- 15, a* 26) the target leaves the sRGB gamut for a
+    # tenth of the pixels, and clipping them widens the spread: targets the gamut holds only.
+    clipped = ((out == 0) | (out == 255)).any(axis=-1).reshape(-1)[tissue]
+    assume(clipped.mean() <= 0.02)
+    lab = skimage_lab(out)[tissue]
     # Rounding to uint8 and clipping to the sRGB gamut blur the statistics a little.
     np.testing.assert_allclose(lab.mean(axis=0), normalizer.means, atol=1.0)
     np.testing.assert_allclose(lab.std(axis=0), normalizer.stds, rtol=0.1, atol=0.3)
