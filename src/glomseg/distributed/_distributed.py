@@ -217,11 +217,7 @@ def _describe_model(model: object) -> str:
     name = getattr(model, "__qualname__", None) or type(model).__qualname__
     described = f"{getattr(model, '__module__', '?')}.{name}"
     if inspect.isfunction(model):
-        parts: list[str] = []
-        _code_parts(model.__code__, model.__globals__, parts)
-        parts += [_describe_value(d) for d in model.__defaults__ or ()]
-        parts += [_describe_value(_cell(c)) for c in model.__closure__ or ()]
-        described += f" [{_digest(parts)}]"
+        described += f" [{_function_digest(model, 0)}]"
     elif not inspect.isbuiltin(model) and not isinstance(model, type):
         described += f" {_describe_value(model)}"  # a callable object: its state's repr
     return described
@@ -243,11 +239,18 @@ def _describe_value(value: object, depth: int = 0) -> str:
                 return f"file:{path.resolve()} ({stat.st_size} bytes, {stat.st_mtime_ns} ns)"
         except (OSError, ValueError):  # not a path this system can name
             pass
-    if inspect.isfunction(value) and depth < 3:
-        parts: list[str] = []
-        _code_parts(value.__code__, value.__globals__, parts, depth + 1)
-        return f"{value.__qualname__}[{_digest(parts)}]"
+    if inspect.isfunction(value) and depth < 3:  # a function its closure or defaults hold
+        return f"{value.__qualname__}[{_function_digest(value, depth + 1)}]"
     return _ADDRESS.sub("", repr(value))
+
+
+def _function_digest(function: Any, depth: int) -> str:
+    """A digest of a function's code, defaults, closure values and plain globals."""
+    parts: list[str] = []
+    _code_parts(function.__code__, function.__globals__, parts, depth)
+    parts += [_describe_value(d, depth) for d in function.__defaults__ or ()]
+    parts += [_describe_value(_cell(c), depth) for c in function.__closure__ or ()]
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def _code_parts(code: Any, names: Mapping[str, Any], parts: list[str], depth: int = 0) -> None:
@@ -261,10 +264,6 @@ def _code_parts(code: Any, names: Mapping[str, Any], parts: list[str], depth: in
         value = names.get(name)
         if isinstance(value, _PLAIN) and not isinstance(value, bool):
             parts.append(f"{name}={_describe_value(value, depth)}")
-
-
-def _digest(parts: list[str]) -> str:
-    return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()[:16]
 
 
 def _cell(cell: Any) -> object:
