@@ -58,8 +58,12 @@ def tissue_pixels(
         not an integer in ``[0, 255]`` (the message names it).
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[-1:] != (3,):
-        got = f"{image.dtype} of shape {image.shape}" if isinstance(image, np.ndarray) else image
-        raise ValueError(f"image must be uint8 RGB (..., 3), got {got!r}")
+        got = (
+            f"{image.dtype} of shape {image.shape}"
+            if isinstance(image, np.ndarray)
+            else type(image).__name__
+        )
+        raise ValueError(f"image must be uint8 RGB (..., 3), got {got}")
     _level("saturation_threshold", saturation_threshold)
     if dark_threshold is not None:
         _level("dark_threshold", dark_threshold)

@@ -255,21 +255,21 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], card: ModelCa
     _write_json(folder / "config.json", model.config.to_dict())
     _write_json(folder / "card.json", card.to_dict())
     int8 = model.__dict__.get("_int8")
-    if int8 is not None and int8.fingerprint == model._fingerprint():
-        rounded = any(
-            not np.array_equal(a.astype(np.float32), v)
-            for a, v in zip(arrays.values(), values, strict=True)
+    if int8 is not None and int8.fingerprint != model._fingerprint():
+        int8 = None  # made from other weights: stale
+    if int8 is not None and any(
+        not np.array_equal(a.astype(np.float32), v)
+        for a, v in zip(arrays.values(), values, strict=True)
+    ):
+        warnings.warn(
+            f"{folder}: the model's int8 network is not saved: it was made from float32 "
+            "weights that the folder's float16 storage rounds, so it would not fit the "
+            "weights loaded from it. Load the folder (load_pretrained), quantize_int8 "
+            "that model and save it again.",
+            stacklevel=2,
         )
-        if rounded:
-            warnings.warn(
-                f"{folder}: the model's int8 network is not saved: it was made from float32 "
-                "weights that the folder's float16 storage rounds, so it would not fit the "
-                "weights loaded from it. Load the folder (load_pretrained), quantize_int8 "
-                "that model and save it again.",
-                stacklevel=2,
-            )
-            int8 = None
-    if int8 is not None and int8.fingerprint == model._fingerprint():
+        int8 = None
+    if int8 is not None:
         save_int8(folder, int8)
     else:
         remove_int8(folder)
